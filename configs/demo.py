@@ -1,0 +1,40 @@
+"""The demo: HEMNet on the built-in `hemnet_shapes` set, minutes on a 2-core CPU.
+
+The same code as the paper's model at a small width and depth; the HEM settings
+are the paper's (eta 0.5, T_train 3, temperature sqrt(C)).
+`--config configs/demo.py:emanet` gives the EMANet baseline of the same size.
+"""
+
+from hemnet_jax import config_utils
+
+
+def get_config(variant="hemnet"):
+  config = config_utils.default_config()
+  config.seed = 0
+
+  config.data.name = "hemnet_shapes"  # generated into the tfds data dir on first use
+  config.data.num_classes = 11  # background + 10 shape/texture classes
+  config.data.crop_size = 96
+  config.data.scale_range = (0.75, 1.25)
+  config.data.eval_batch_size = 50
+
+  config.model.stage_sizes = (1, 1, 1, 1)  # a 4-block dilated ResNet ...
+  config.model.width = 12  # ... 12 planes in stage 1 (the paper's ResNets: 64)
+  config.model.stem_width = 24
+  config.model.output_stride = 8
+  config.model.head_channels = 96  # C
+  config.model.decoder_channels = 64
+  config.model.aux_channels = 64
+  config.model.bn_momentum = 0.9  # a short run: running statistics must keep up
+
+  config.hem.num_bases = 16  # K
+  config.hem.eta = 0.5
+  config.hem.num_iters = 3  # T_train
+
+  config.train.batch_size = 16
+  config.train.num_steps = 1200
+  config.train.lr = 0.02
+  config.train.log_every = 50
+  config.train.eval_every = 600
+  config.train.checkpoint_every = 200
+  return config_utils.apply_variant(config, variant)

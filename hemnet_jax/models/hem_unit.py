@@ -1,0 +1,76 @@
+"""The HEM unit: EMANet's EM attention unit with the M-step replaced by the N-step."""
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hemnet_jax import hem
+
+# The collection that holds mu0. It is not "params": the optimizer never sees it;
+# training moves it by a moving average instead (EMANet's mechanism).
+BASES = "hem_bases"
+# Per-iteration ELBO, sown only when the caller makes this collection mutable.
+STATS = "hem_stats"
+
+
+def init_mu0(key, num_bases, channels, dtype=jnp.float32):
+  """K bases drawn from N(0, sqrt(2/K)) and l2-normalised over C, as EMANet."""
+  mu0 = jax.random.normal(key, (num_bases, channels), dtype) * math.sqrt(2.0 / num_bases)
+  return hem.l2_normalize(mu0)
+
+
+class HEMUnit(nn.Module):
+  """1x1 conv -> T HEM iterations -> R-step -> ReLU -> 1x1 conv + BN -> + x -> ReLU.
+
+  Attributes mirror the paper: num_bases K, num_iters T_train, num_iters_eval T_eval
+  (None: same as T_train, Table 2 evaluates others), eta (Eq. 13), temperature
+  sigma^2 (None: sqrt(C), Sec. 5.1). The EMANet baseline is eta=1, backprop=False,
+  l2_normalize=True, temperature=1.
+  """
+  num_bases: int = 64
+  num_iters: int = 3
+  num_iters_eval: Optional[int] = None
+  eta: float = 0.5
+  temperature: Optional[float] = None
+  l2_normalize: bool = False
+  backprop: bool = True
+  kernel: str = "dot"
+  mu0_momentum: float = 0.9
+  renorm_mu0: bool = False  # EMANet's release does not renormalise mu0 after averaging
+  bn_momentum: float = 0.9997
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    b, h, w, c = x.shape
+    mu0 = self.variable(BASES, "mu0", lambda: init_mu0(self.make_rng("params"), self.num_bases, c))
+    temperature = math.sqrt(c) if self.temperature is None else self.temperature
+    num_iters = self.num_iters if train or self.num_iters_eval is None else self.num_iters_eval
+
+    idn = x
+    x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name="conv_in")(x)
+    x = x.reshape(b, h * w, c)
+    out = hem.hem_iterations(x, mu0.value, num_iters=num_iters, eta=self.eta,
+                             temperature=temperature, l2_normalize=self.l2_normalize,
+                             backprop=self.backprop, kernel=self.kernel)
+    gamma, mu = out.gamma, out.mu  # constants to autodiff when backprop=False (EMANet)
+    x_tilde = hem.r_step(gamma, mu).astype(self.dtype).reshape(b, h, w, c)  # Eq. 10
+
+    if self.is_mutable_collection(STATS):
+      xs = jax.lax.stop_gradient(x)
+      elbos = jax.vmap(lambda m, g: hem.elbo(xs, m, g, temperature).mean())(out.mus, out.gammas)
+      self.sow(STATS, "elbo", elbos)  # Eq. 3 after each iteration, [T]
+
+    if train and not self.is_initializing():
+      mu_mean = jnp.mean(jax.lax.stop_gradient(mu), axis=0)  # over the global batch
+      new = self.mu0_momentum * mu0.value + (1.0 - self.mu0_momentum) * mu_mean
+      mu0.value = hem.l2_normalize(new) if self.renorm_mu0 else new
+
+    y = nn.relu(x_tilde)
+    y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out")(y)
+    y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
+                     dtype=self.dtype, name="bn_out")(y)
+    return nn.relu(y + idn)
