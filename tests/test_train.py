@@ -1,0 +1,179 @@
+"""The training loop: a step lowers the loss, resuming, preemption, bad input."""
+
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from hemnet_jax import config_utils, input_pipeline, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import demo  # noqa: E402
+
+# The demo's code at a size that trains in seconds.
+TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
+        "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
+        "hem.num_bases": 4, "data.crop_size": 32, "train.batch_size": 4,
+        "data.eval_batch_size": 100, "train.log_every": 5}
+
+
+def tiny_flags(**extra):
+  items = {**TINY, **extra}
+  return [f"--config.{k}={v}".replace(" ", "") for k, v in items.items()]
+
+
+def tiny_config(data_dir, variant="hemnet", **extra):
+  config = demo.get_config(variant)
+  for k, v in {**TINY, **extra}.items():
+    section, field = k.split(".")
+    config[section][field] = v
+  config.data.data_dir = str(data_dir)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tfds")
+  input_pipeline.load_split(tiny_config(d).data, "train")  # generates the built-in set once
+  return d
+
+
+def main_cmd(workdir, *flags, config="configs/demo.py"):
+  return [sys.executable, "-m", "hemnet_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *flags]
+
+
+def run(cmd, data_dir, **kw):
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+def start(cmd, data_dir):
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def finished_steps(workdir):
+  d = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.glob("*") if p.name.isdigit()) if d.exists() else []
+
+
+def wait_for(predicate, proc, timeout=300):
+  t0 = time.time()
+  while not predicate():
+    assert proc.poll() is None, f"process ended early:\n{proc.stdout.read()}"
+    assert time.time() - t0 < timeout
+    time.sleep(0.05)
+
+
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data_dir):
+  config = tiny_config(data_dir, **{"model.dropout": 0.0, "train.lr": 0.05})
+  model = train.build_model(config)
+  state = train.create_train_state(config, model, jax.random.key(0))
+  split = input_pipeline.load_split(config.data, "train")
+  batch = next(input_pipeline.train_batches(split, config.data, batch_size=8, seed=0))
+  step = jax.jit(functools.partial(train.train_step, config=config))
+  state, m1 = step(state, batch)
+  _, m2 = step(state, batch)
+  assert float(m2["loss"]) < float(m1["loss"])
+  assert m1["elbo/hem"].shape == (config.hem.num_iters,)
+
+
+def test_emanet_baseline_is_one_variant_away_and_trains(data_dir, tmp_path):
+  config = tiny_config(data_dir, "emanet", **{"train.num_steps": 3})
+  assert (config.hem.eta, config.hem.backprop, config.hem.l2_normalize) == (1.0, False, True)
+  summary = train.train_and_evaluate(config, tmp_path)
+  assert summary["step"] == 3 and np.isfinite(summary["miou"])
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["per_class_iou"]) == set(config_class_names())
+  assert results["step"] == 3 and results["miou"] == summary["miou"]
+
+
+def config_class_names():
+  from hemnet_jax.datasets import shapes
+  return shapes.CLASS_NAMES
+
+
+def test_sigkill_then_rerun_ends_like_an_uninterrupted_run(data_dir, tmp_path):
+  flags = tiny_flags(**{"train.num_steps": 60, "train.checkpoint_every": 5})
+  ref = run(main_cmd(tmp_path / "ref", *flags), data_dir)
+  assert ref.returncode == 0, ref.stderr
+
+  proc = start(main_cmd(tmp_path / "killed", *flags), data_dir)
+  wait_for(lambda: finished_steps(tmp_path / "killed"), proc)
+  proc.kill()  # SIGKILL: no handler runs
+  proc.wait()
+  assert not (tmp_path / "killed" / "results.json").exists()
+  killed_at = finished_steps(tmp_path / "killed")[-1]
+  assert killed_at < 60
+
+  resumed = run(main_cmd(tmp_path / "killed", *flags), data_dir)
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"at step {killed_at}" in resumed.stdout
+  a = json.loads((tmp_path / "ref" / "results.json").read_text())
+  b = json.loads((tmp_path / "killed" / "results.json").read_text())
+  assert a["step"] == b["step"] == 60
+  assert a["confusion_matrix"] == b["confusion_matrix"]
+  assert a["miou"] == b["miou"] and a["per_class_iou"] == b["per_class_iou"]
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(data_dir, tmp_path):
+  flags = tiny_flags(**{"train.num_steps": 100_000, "train.checkpoint_every": 10_000})
+  proc = start(main_cmd(tmp_path, *flags), data_dir)
+  lines = []
+  wait_for(lambda: lines.append(proc.stdout.readline()) or "step 10/" in lines[-1], proc)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 143, out
+  saved = [l for l in out.splitlines() if l.startswith("SIGTERM: saved a checkpoint at step")]
+  assert saved, out
+  step = int(saved[0].split("step ")[1].split(";")[0])
+  assert finished_steps(tmp_path) == [step] and step >= 10
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  good = run(main_cmd(tmp_path, *tiny_flags(**{"train.num_steps": 5, "train.checkpoint_every": 5})),
+             data_dir)
+  assert good.returncode == 0, good.stderr
+  bad = run(main_cmd(tmp_path, *tiny_flags(**{"train.num_steps": 20, "train.checkpoint_every": 5,
+                                               "train.lr": 1e38})), data_dir)
+  assert bad.returncode == 1
+  assert "non-finite loss" in bad.stderr and "last good checkpoint (step 5)" in bad.stderr
+  assert finished_steps(tmp_path) == [5]
+  mngr = ocp.CheckpointManager(tmp_path / "checkpoints")
+  restored = mngr.restore(5)
+  leaves = jax.tree.leaves(restored)
+  assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
+
+
+def test_bad_config_key_fails_with_a_clear_message(data_dir, tmp_path):
+  res = run(main_cmd(tmp_path, "--config.hem.etta=0.3"), data_dir)
+  assert res.returncode != 0 and "etta" in res.stderr
+  res = run(main_cmd(tmp_path, "--config.hem.eta=1.5"), data_dir)
+  assert res.returncode == 1 and "config.hem.eta" in res.stderr
+
+
+def test_voc_config_names_the_missing_dataset(data_dir, tmp_path):
+  res = run(main_cmd(tmp_path, config="configs/voc.py"), data_dir)
+  assert res.returncode == 1
+  assert "voc_aug" in res.stderr and "host.robots.ox.ac.uk" in res.stderr
+
+
+def test_validate_names_the_field():
+  config = demo.get_config()
+  config.hem.kernel = "cosine"
+  with pytest.raises(ValueError, match="config.hem.kernel"):
+    config_utils.validate(config)
+  with pytest.raises(ValueError, match="variant"):
+    demo.get_config("emanett")
