@@ -15,7 +15,7 @@ def get_config(variant="hemnet"):
   config.data.name = "hemnet_shapes"  # generated into the tfds data dir on first use
   config.data.num_classes = 11  # background + 10 shape/texture classes
   config.data.crop_size = 96
-  config.data.scale_range = (0.75, 1.25)
+  config.data.scale_range = (0.9, 1.1)  # the objects' sizes already vary 2x
   config.data.eval_batch_size = 50
 
   config.model.stage_sizes = (1, 1, 1, 1)  # a 4-block dilated ResNet ...
@@ -32,9 +32,9 @@ def get_config(variant="hemnet"):
   config.hem.num_iters = 3  # T_train
 
   config.train.batch_size = 16
-  config.train.num_steps = 1200
-  config.train.lr = 0.02
-  config.train.log_every = 50
+  config.train.num_steps = 1800
+  config.train.lr = 0.06
+  config.train.log_every = 100
   config.train.eval_every = 600
   config.train.checkpoint_every = 200
   return config_utils.apply_variant(config, variant)

@@ -60,6 +60,7 @@ def default_config():
       checkpoint_every=1_000,
       keep_checkpoints=3,
       log_elbo=True,  # per-iteration ELBO of the HEM unit in the summaries
+      fsdp=False,  # shard parameters and optimizer state over the data axis
   )
   return c
 

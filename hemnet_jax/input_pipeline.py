@@ -10,7 +10,9 @@ import dataclasses
 import os
 
 import grain
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -39,15 +41,26 @@ def data_dir(config):
   return config.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def load_split(config, split):
-  """The tfds data source of `split`; generates built-in datasets on first use."""
+def _builder(config):
   try:
-    builder = tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record")
+    return tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
     where = _MANUAL.get(config.name, "its publisher")
     raise FileNotFoundError(
         f"config.data.name={config.name!r}: no tfds builder of that name is available in this "
         f"version of hemnet_jax. Download the data from {where}; see README.md, 'Datasets'.") from e
+
+
+def load_split(config, split):
+  """The tfds data source of `split`; generates built-in datasets on first use."""
+  builder = _builder(config)
+  if jax.process_count() > 1:
+    # Process 0 prepares while the others wait; hosts without a shared disk then
+    # prepare their own copy.
+    if jax.process_index() == 0 and not builder.is_prepared():
+      builder.download_and_prepare(file_format="array_record")
+    multihost_utils.sync_global_devices(f"prepare {config.name}")
+    builder = _builder(config)
   if not builder.is_prepared():
     builder.download_and_prepare(file_format="array_record")
   source = builder.as_data_source(split=split)
@@ -106,16 +119,21 @@ def train_batches(split, config, *, batch_size, seed, start_step=0, process_inde
                                                    prefetch_buffer_size=config.prefetch)))
 
 
-def eval_batches(split, config, *, batch_size, multiple):
-  """One pass over the split; the last batch is padded with ignore-only examples.
+def eval_batches(split, config, *, batch_size, multiple, process_index=0, process_count=1):
+  """One pass over this process's examples (every process_count-th one).
 
-  Images must share one size per batch (true of the built-in set); datasets of
-  varying sizes evaluate with batch_size 1.
+  Every process yields the same number of batches (collectives need that); short
+  batches are filled with ignore-only examples, which no metric counts. Images must
+  share one size per batch (true of the built-in set); datasets of varying sizes
+  evaluate with batch_size 1.
   """
   ds = grain.MapDataset.source(split.source).map(lambda ex: eval_transform(ex, multiple=multiple))
-  for start in range(0, len(ds), batch_size):
-    examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+  per_process = -(-len(ds) // process_count)
+  mine = list(range(process_index, len(ds), process_count))
+  for start in range(0, per_process, batch_size):
+    examples = [ds[i] for i in mine[start:start + batch_size]]
+    template = examples[0] if examples else ds[0]
     while len(examples) < batch_size:
-      examples.append({"image": np.zeros_like(examples[0]["image"]),
-                       "label": np.full_like(examples[0]["label"], IGNORE_LABEL)})
+      examples.append({"image": np.zeros_like(template["image"]),
+                       "label": np.full_like(template["label"], IGNORE_LABEL)})
     yield {k: np.stack([e[k] for e in examples]) for k in ("image", "label")}

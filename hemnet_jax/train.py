@@ -2,22 +2,20 @@
 
 import functools
 import json
-import math
 import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax.training import train_state
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hemnet_jax import config_utils, datasets, input_pipeline, metrics
+from hemnet_jax import config_utils, datasets, input_pipeline, metrics, sharding
 from hemnet_jax.models.hem_unit import BASES, STATS
 from hemnet_jax.models.hemnet import HEMNet
 
@@ -67,8 +65,8 @@ def create_train_state(config, model, rng):
                            tx=make_optimizer(config))
 
 
-def train_step(state, batch, *, config):
-  """One SGD step; BN statistics and mu0 move with the global batch."""
+def loss_and_grads(state, batch, *, config):
+  """(loss, main-head loss, updated BN statistics / mu0 / ELBOs), gradients."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
   collections = ["batch_stats", BASES] + ([STATS] if config.train.log_elbo else [])
 
@@ -78,9 +76,14 @@ def train_step(state, batch, *, config):
         mutable=collections, rngs={"dropout": rng})
     main = metrics.cross_entropy(logits, batch["label"])
     aux_loss = metrics.cross_entropy(aux, batch["label"]) if aux is not None else 0.0
-    return main + config.model.aux_weight * aux_loss, (updates, main)
+    return main + config.model.aux_weight * aux_loss, (main, updates)
 
-  (loss, (updates, main)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+
+def train_step(state, batch, *, config):
+  """One SGD step; BN statistics and mu0 move with the global batch."""
+  (loss, (main, updates)), grads = loss_and_grads(state, batch, config=config)
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"],
                                 hem_bases=updates[BASES])
   out = {"loss": loss, "main_loss": main, "lr": learning_rate_fn(config)(state.step - 1)}
@@ -97,20 +100,20 @@ def eval_step(state, batch, *, num_classes):
 
 def evaluate(state, model, split, config, mesh):
   """Single-scale mIoU over `split`, with `model`'s T_eval."""
-  step = jax.jit(functools.partial(eval_step, num_classes=config.data.num_classes))
+  step = jax.jit(functools.partial(eval_step, num_classes=config.data.num_classes),
+                 out_shardings=sharding.replicated(mesh))
   state = state.replace(apply_fn=model.apply)
+  # Each process reads every process_count-th example; local batches are padded with
+  # ignore-only examples to fill this process's devices.
+  local_batch = -(-config.data.eval_batch_size // jax.process_count())
+  local_batch = -(-local_batch // jax.local_device_count()) * jax.local_device_count()
   cm = 0
-  for batch in input_pipeline.eval_batches(split, config.data, batch_size=config.data.eval_batch_size,
-                                           multiple=config.model.output_stride):
-    cm = cm + step(state, shard_batch(batch, mesh))
-  summary = metrics.summarize(np.asarray(cm), datasets.class_names(config.data))
-  return summary, np.asarray(cm)
-
-
-def shard_batch(batch, mesh):
-  """This process's examples as one global array, split over the mesh's data axis."""
-  sharding = NamedSharding(mesh, P("data"))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  for batch in input_pipeline.eval_batches(
+      split, config.data, batch_size=local_batch, multiple=config.model.output_stride,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    cm = cm + step(state, sharding.shard_batch(batch, mesh))
+  cm = np.asarray(jax.device_get(cm))
+  return metrics.summarize(cm, datasets.class_names(config.data)), cm
 
 
 class _Preemption:
@@ -142,8 +145,7 @@ def train_and_evaluate(config, workdir):
   config = config_utils.validate(config)
   workdir = epath.Path(workdir).absolute()
   is_main = jax.process_index() == 0
-  # Auto axes: XLA propagates the batch sharding (synchronised BN, mu0 averaging for free).
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = sharding.make_mesh()
   if config.train.batch_size % jax.device_count():
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
                      f"the {jax.device_count()} devices")
@@ -151,13 +153,16 @@ def train_and_evaluate(config, workdir):
   eval_split = input_pipeline.load_split(config.data, config.data.eval_split)
   model = build_model(config)
   state = create_train_state(config, model, jax.random.key(config.seed))
+  state_sharding = sharding.state_shardings(state, mesh, fsdp=config.train.fsdp)
 
   mngr = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True))
-  if mngr.latest_step() is not None:
-    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
-    print(f"Resumed from {mngr.directory} at step {int(state.step)}", flush=True)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  if mngr.latest_step() is not None:  # onto this run's mesh, whatever mesh wrote it
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(
+        sharding.abstract_state(state, state_sharding)))
+    if is_main:
+      print(f"Resumed from {mngr.directory} at step {int(state.step)}", flush=True)
+  state = jax.device_put(state, state_sharding)
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -168,15 +173,19 @@ def train_and_evaluate(config, workdir):
       train_split, config.data, batch_size=config.train.batch_size // jax.process_count(),
       seed=config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count())
-  p_train_step = jax.jit(functools.partial(train_step, config=config), donate_argnums=0)
+  p_train_step = jax.jit(functools.partial(train_step, config=config),
+                         in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                         out_shardings=(state_sharding, sharding.replicated(mesh)),
+                         donate_argnums=0)
   preemption, history, t_last = _Preemption(), [], time.time()
   for step in range(start + 1, num_steps + 1):
-    state, step_metrics = p_train_step(state, shard_batch(next(batches), mesh))
+    state, step_metrics = p_train_step(state, sharding.shard_batch(next(batches), mesh))
     history.append(step_metrics)  # device arrays: fetched only at log/checkpoint time
     if step % config.train.log_every == 0 or step == num_steps:
       _check_finite(history, step, mngr)
       means = {k: np.mean(jax.device_get([h[k] for h in history]), 0) for k in history[0]}
       ips = len(history) * config.train.batch_size / (time.time() - t_last)
+      logging.info("process %d step %d loss %.8f", jax.process_index(), step, means["loss"])
       if is_main:
         _write_train(writer, step, means, ips)
         eta = (num_steps - step) * config.train.batch_size / ips

@@ -1,0 +1,24 @@
+"""Fixtures shared by the test files."""
+
+import os
+import tempfile
+
+# Many tests compile the same tiny programs, in this process and in subprocesses
+# (which inherit the environment): a per-session persistent compilation cache
+# saves most of that time. Set before anything imports JAX.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="hemnet_jax_jit_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # noqa: E402
+from helpers import tiny_config  # noqa: E402
+
+from hemnet_jax import input_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """The built-in dataset, generated once per test session."""
+  d = tmp_path_factory.mktemp("tfds")
+  input_pipeline.load_split(tiny_config(d).data, "train")
+  return d

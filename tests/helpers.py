@@ -1,0 +1,35 @@
+"""Shared by the tests: the demo at a size that trains in seconds, and how to run main."""
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import demo  # noqa: E402
+
+# The demo's code at a size that trains in seconds.
+TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
+        "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
+        "hem.num_bases": 4, "data.crop_size": 32, "train.batch_size": 4,
+        "data.eval_batch_size": 100, "train.log_every": 5}
+
+
+def tiny_flags(**extra):
+  items = {**TINY, **extra}
+  return [f"--config.{k}={v}".replace(" ", "") for k, v in items.items()]
+
+
+def tiny_config(data_dir, variant="hemnet", **extra):
+  config = demo.get_config(variant)
+  for k, v in {**TINY, **extra}.items():
+    section, field = k.split(".")
+    config[section][field] = v
+  config.data.data_dir = str(data_dir)
+  return config
+
+
+def main_cmd(workdir, *flags, config="configs/demo.py"):
+  return [sys.executable, "-m", "hemnet_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *flags]
+
+

@@ -1,0 +1,50 @@
+"""The launch scripts: --help, argument checks, and the commands they print."""
+
+import subprocess
+
+import pytest
+from helpers import ROOT
+
+
+def sh(*args):
+  return subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("script", ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sh"])
+def test_help(script):
+  res = sh(script, "--help")
+  assert res.returncode == 0 and res.stdout.startswith("usage:")
+
+
+def test_local_checks_arguments_and_prints_commands():
+  res = sh("launch/local.sh", "-n", "two", "--", "true")
+  assert res.returncode == 2 and "-n must be a positive integer" in res.stderr
+  res = sh("launch/local.sh", "-n", "2")
+  assert res.returncode == 2 and "no command" in res.stderr
+  res = sh("launch/local.sh", "-n", "3", "-p", "23456", "--dry-run", "--", "python", "-m", "x")
+  assert res.returncode == 0
+  for i in range(3):
+    assert (f"python -m x --coordinator_address=localhost:23456 --num_processes=3 "
+            f"--process_id={i}") in res.stdout
+
+
+def test_tpu_pod_checks_arguments_and_prints_commands():
+  res = sh("launch/tpu_pod.sh", "--zone", "z", "--workdir", "gs://b/w", "--dry-run")
+  assert res.returncode == 2 and "--name is required" in res.stderr
+  res = sh("launch/tpu_pod.sh", "--name", "n", "--zone", "z", "--workdir", "/local", "--dry-run")
+  assert res.returncode == 2 and "gs://" in res.stderr
+  res = sh("launch/tpu_pod.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/w", "--dry-run")
+  assert res.returncode == 0
+  lines = res.stdout.splitlines()
+  assert [l.split()[5] for l in lines] == ["create", "scp", "ssh", "ssh", "delete"]
+  assert "--distributed" in lines[3] and "--worker=all" in lines[3]
+
+
+def test_slurm_checks_arguments_and_prints_the_job():
+  res = sh("launch/slurm.sh", "--nodes", "2", "--workdir", "/shared")
+  assert res.returncode == 2 and "--gpus-per-node" in res.stderr
+  res = sh("launch/slurm.sh", "--nodes", "2", "--gpus-per-node", "4", "--workdir", "/shared",
+           "--dry-run")
+  assert res.returncode == 0
+  assert "#SBATCH --nodes=2" in res.stdout and "#SBATCH --ntasks-per-node=4" in res.stdout
+  assert "--distributed" in res.stdout
