@@ -21,17 +21,22 @@ class Download:
   extracted: str | None = None  # a top-level member; if present in manual_dir, used instead
 
 
-def find(manual_dir, download: Download, dataset: str) -> "Archive":
-  """The archive (or its extracted copy) in manual_dir; else names the file and its page."""
+def find(manual_dir, downloads: list[Download], dataset: str) -> list["Archive"]:
+  """Each archive (or its extracted copy) in manual_dir; else names every missing file and its page."""
   manual_dir = epath.Path(manual_dir)
-  path = manual_dir / download.filename
-  if path.is_file():
-    return Archive(path)
-  if download.extracted and (manual_dir / download.extracted).is_dir():
-    return Archive(manual_dir)
-  raise FileNotFoundError(
-      f"{dataset}: {download.filename} is missing from the manual download folder {manual_dir}. "
-      f"Download it from {download.url} and put it there unextracted (see docs/datasets.md).")
+  found, missing = [], []
+  for d in downloads:
+    if (manual_dir / d.filename).is_file():
+      found.append(Archive(manual_dir / d.filename))
+    elif d.extracted and (manual_dir / d.extracted).is_dir():
+      found.append(Archive(manual_dir))
+    else:
+      missing.append(f"  {d.filename}: download it from {d.url}")
+  if missing:
+    raise FileNotFoundError(
+        f"{dataset}: the manual download folder {manual_dir} lacks:\n" + "\n".join(missing) +
+        "\nPut the files there as downloaded, unextracted (see docs/datasets.md).")
+  return found
 
 
 class Archive:

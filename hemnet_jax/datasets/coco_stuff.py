@@ -103,10 +103,8 @@ class CocoStuff(seg.SegmentationBuilder):
   def _split_generators(self, dl_manager):
     root = seg.manual_dir(dl_manager)
     if self.builder_config.name == "10k":
-      return self._splits_10k(_archive.find(root, TEN_K, self.name))
-    return self._splits_164k(_archive.find(root, TRAIN2017, self.name),
-                             _archive.find(root, VAL2017, self.name),
-                             _archive.find(root, MAPS, self.name))
+      return self._splits_10k(*_archive.find(root, [TEN_K], self.name))
+    return self._splits_164k(*_archive.find(root, [TRAIN2017, VAL2017, MAPS], self.name))
 
   def _splits_10k(self, archive):
     prefix = _root(archive.names(), "imageLists/train.txt", archive.path)

@@ -75,15 +75,14 @@ class PascalContext(seg.SegmentationBuilder):
 
   def _split_generators(self, dl_manager):
     root = seg.manual_dir(dl_manager)
-    voc = _archive.find(root, VOC2010, self.name)
-    context = _archive.find(root, CONTEXT, self.name)
+    voc, context = _archive.find(root, [VOC2010, CONTEXT], self.name)
     files = dict(context.stream(
         lambda n: n.endswith(".mat") and n.startswith("trainval/") or n.endswith("labels.txt")))
     labels_txt = next((n for n in files if n.rsplit("/", 1)[-1] == "labels.txt"), None)
     if labels_txt is not None:
       table = label_table(files[labels_txt], f"{context.path}:{labels_txt}")
     else:
-      table = label_table(_archive.find(root, LABELS, self.name).path.read_bytes(),
+      table = label_table(_archive.find(root, [LABELS], self.name)[0].path.read_bytes(),
                           str(root / LABELS.filename))
     splits = {s: _archive.lines(voc.read(f"{_VOC_ROOT}/ImageSets/Main/{s}.txt"))
               for s in ("train", "val")}

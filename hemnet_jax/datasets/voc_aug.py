@@ -46,8 +46,7 @@ class VocAug(seg.SegmentationBuilder):
 
   def _split_generators(self, dl_manager):
     root = seg.manual_dir(dl_manager)
-    voc = _archive.find(root, VOC, self.name)
-    sbd = _archive.find(root, SBD, self.name)
+    voc, sbd = _archive.find(root, [VOC, SBD], self.name)
     # benchmark.tgz is gzipped, so it is read in one pass; its labels are a few tens of MB.
     sbd_files = dict(sbd.stream(lambda n: n.startswith(f"{_SBD_ROOT}/cls/") and n.endswith(".mat")
                                 or n in (f"{_SBD_ROOT}/train.txt", f"{_SBD_ROOT}/val.txt")))

@@ -90,8 +90,8 @@ def write_zip(path, files):
 
 
 def _apply(files, bad):
-  """Breaks one file: bad = (kind, member) with kind in corrupt | drop."""
-  if bad:
+  """Breaks one file, if it is among `files`: bad = (kind, member), kind corrupt | drop."""
+  if bad and bad[1] in files:
     kind, member = bad
     if kind == "corrupt":
       files[member] = files[member][: len(files[member]) // 2]
