@@ -7,6 +7,7 @@ position is the train state's step, which the checkpoint holds.
 """
 
 import dataclasses
+import io
 import os
 
 import grain
@@ -40,18 +41,38 @@ def data_dir(config):
 
 
 def load_split(config, split):
-  """The tfds data source of `split`; generates built-in datasets on first use."""
+  """The tfds data source of `split`; prepares the dataset on first use.
+
+  Manual-download datasets are prepared from the archives in config.manual_dir (None: tfds'
+  <data_dir>/downloads/manual).
+  """
+  kwargs = {"skip_corrupt": True} if config.get("skip_corrupt") else {}
   try:
-    builder = tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record")
+    builder = tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record",
+                           **kwargs)
   except tfds.core.registered.DatasetNotFoundError as e:
     where = _MANUAL.get(config.name, "its publisher")
     raise FileNotFoundError(
         f"config.data.name={config.name!r}: no tfds builder of that name is available in this "
         f"version of hemnet_jax. Download the data from {where}; see README.md, 'Datasets'.") from e
   if not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
+    manual_dir = config.get("manual_dir")
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
   source = builder.as_data_source(split=split)
   return Split(source, len(source))
+
+
+def decode(example):
+  """Encoded examples (JPEG image, PNG label: the manual-download datasets) as arrays."""
+  image, label = example["image"], example["label"]
+  if isinstance(image, bytes):
+    image = Image.open(io.BytesIO(image))
+    image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # COCO has grey JPEGs
+  if isinstance(label, bytes):
+    label = np.asarray(Image.open(io.BytesIO(label)))
+  return {"image": image, "label": label}
 
 
 def _normalize(image):
@@ -80,15 +101,19 @@ def train_transform(example, rng, *, crop_size, scale_range):
   return {"image": _normalize(image), "label": np.ascontiguousarray(label, np.int32)}
 
 
-def eval_transform(example, *, multiple):
+def eval_transform(example, *, multiple, min_size=None):
   """Whole image, padded at the bottom/right to a multiple of the output stride.
 
   The padded pixels carry the ignore label, so metrics on the padded prediction
-  equal metrics on the prediction cropped back to the image.
+  equal metrics on the prediction cropped back to the image. `min_size` pads to at
+  least that square first: one shape for every image (one compilation, and equal
+  shapes on every process) at the cost of more padding than EMANet's.
   """
+  example = decode(example)
   image, label = _normalize(example["image"]), example["label"].astype(np.int32)
   h, w = label.shape
-  ph, pw = -h % multiple, -w % multiple
+  th, tw = max(h, min_size or 0), max(w, min_size or 0)
+  ph, pw = th - h + (-th % multiple), tw - w + (-tw % multiple)
   image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
   label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_LABEL)
   return {"image": image, "label": label}
@@ -97,7 +122,7 @@ def eval_transform(example, *, multiple):
 def train_batches(split, config, *, batch_size, seed, start_step=0, process_index=0, process_count=1):
   """Infinite iterator over this process's batches from step `start_step` on."""
   ds = grain.MapDataset.source(split.source)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.shuffle(seed=seed).repeat().map(decode)
   ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, crop_size=config.crop_size,
                                                      scale_range=tuple(config.scale_range)),
                      seed=seed + 1)
@@ -106,15 +131,22 @@ def train_batches(split, config, *, batch_size, seed, start_step=0, process_inde
                                                    prefetch_buffer_size=config.prefetch)))
 
 
-def eval_batches(split, config, *, batch_size, multiple):
-  """One pass over the split; the last batch is padded with ignore-only examples.
+def eval_batches(split, config, *, batch_size, multiple, process_index=0, process_count=1):
+  """One pass over this process's share of the split; short batches are padded with
+  ignore-only examples, so that every process yields the same number of batches.
 
   Images must share one size per batch (true of the built-in set); datasets of
-  varying sizes evaluate with batch_size 1.
+  varying sizes evaluate with batch_size 1, or set config.eval_size.
   """
-  ds = grain.MapDataset.source(split.source).map(lambda ex: eval_transform(ex, multiple=multiple))
-  for start in range(0, len(ds), batch_size):
+  ds = grain.MapDataset.source(split.source)[process_index::process_count]
+  ds = ds.map(lambda ex: eval_transform(ex, multiple=multiple, min_size=config.get("eval_size")))
+  per_process = -(-len(split.source) // process_count)
+  for start in range(0, -(-per_process // batch_size) * batch_size, batch_size):
     examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+    if not examples:  # this process ran out first: one ignore-only example of any size
+      examples = [eval_transform(split.source[0], multiple=multiple,
+                                 min_size=config.get("eval_size"))]
+      examples[0]["label"][:] = IGNORE_LABEL
     while len(examples) < batch_size:
       examples.append({"image": np.zeros_like(examples[0]["image"]),
                        "label": np.full_like(examples[0]["label"], IGNORE_LABEL)})

@@ -101,7 +101,9 @@ def evaluate(state, model, split, config, mesh):
   state = state.replace(apply_fn=model.apply)
   cm = 0
   for batch in input_pipeline.eval_batches(split, config.data, batch_size=config.data.eval_batch_size,
-                                           multiple=config.model.output_stride):
+                                           multiple=config.model.output_stride,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count()):
     cm = cm + step(state, shard_batch(batch, mesh))
   summary = metrics.summarize(np.asarray(cm), datasets.class_names(config.data))
   return summary, np.asarray(cm)
