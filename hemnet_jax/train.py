@@ -149,6 +149,12 @@ def train_and_evaluate(config, workdir):
   if config.train.batch_size % jax.device_count():
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
                      f"the {jax.device_count()} devices")
+  if config.data.eval_batch_size % jax.local_device_count():
+    # Each process's eval batch is split over its devices; images of varying size can only
+    # share a batch once config.data.eval_size pads them to one shape.
+    raise ValueError(f"config.data.eval_batch_size={config.data.eval_batch_size} is not divisible "
+                     f"by the {jax.local_device_count()} local devices; set it to a multiple, with "
+                     "config.data.eval_size (e.g. 512) if image sizes vary")
   train_split = input_pipeline.load_split(config.data, config.data.train_split)
   eval_split = input_pipeline.load_split(config.data, config.data.eval_split)
   model = build_model(config)
