@@ -137,3 +137,16 @@ def test_image_and_label_of_different_size_fail_with_both_sizes(tmp_path):
   h, w = fake._size("2008_000002")
   with pytest.raises(ValueError, match=rf"'2008_000002'.*is 20x20 .*label .*is {w}x{h}"):
     build("voc_aug", tmp_path / "manual", tmp_path / "data")
+
+
+def test_extracted_folders_give_the_same_dataset_as_the_archives(tmp_path):
+  for name in ("VOCtrainval_11-May-2012.tar", "benchmark.tgz"):
+    with tarfile.open(TESTDATA / "voc_aug" / name) as tar:
+      tar.extractall(tmp_path / "manual", filter="data")
+  from_folders = build("voc_aug", tmp_path / "manual", tmp_path / "a")
+  from_archives = build("voc_aug", TESTDATA / "voc_aug", tmp_path / "b")
+  for split in ("train", "validation"):
+    a, b = decoded(from_folders, split), decoded(from_archives, split)
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])

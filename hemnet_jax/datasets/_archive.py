@@ -6,6 +6,7 @@ extracted copy is addressed the same way, relative to the folder the archive was
 
 import dataclasses
 import io
+import pathlib
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -47,7 +48,8 @@ class Archive:
     self._tar = self._zip = None
     self._stream_only = False
     if self.path.is_dir():
-      self._names = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+      root = pathlib.Path(self.path)  # epath refuses recursive globs (costly on GCS)
+      self._names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     elif zipfile.is_zipfile(self.path):
       self._zip = zipfile.ZipFile(self.path)
       self._names = [n for n in self._zip.namelist() if not n.endswith("/")]
