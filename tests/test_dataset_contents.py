@@ -150,3 +150,14 @@ def test_extracted_folders_give_the_same_dataset_as_the_archives(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_config_skip_corrupt_reaches_the_builder(tmp_path):
+  from hemnet_jax import config_utils, input_pipeline
+  fake.voc_aug(tmp_path / "manual", bad=("corrupt", "VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg"))
+  config = config_utils.default_config().data
+  config.data_dir, config.manual_dir = str(tmp_path / "data"), str(tmp_path / "manual")
+  with pytest.raises(ValueError, match="'2008_000003'"):
+    input_pipeline.load_split(config, "train")
+  config.skip_corrupt = True
+  assert input_pipeline.load_split(config, "train").num_examples == len(fake.VOC_TRAIN) - 1

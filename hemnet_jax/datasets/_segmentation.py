@@ -58,7 +58,7 @@ def check_same_size(image: Image.Image, label: np.ndarray, example_id: str, imag
 
 
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
-  """Base of the manual-download builders; subclasses yield via `example()`."""
+  """Base of the manual-download builders: each split is `_generate_examples(split, ids, read)`."""
 
   CLASS_NAMES: tuple[str, ...] = ()
   HOMEPAGE: str = ""
