@@ -7,8 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from hemnet_jax import config_utils, datasets
-from tests.conftest import TESTDATA
 from tests.test_train import ROOT
+
+TESTDATA = ROOT / "tests" / "testdata"
 
 sys.path.insert(0, str(ROOT))
 from configs import cocostuff, context, voc  # noqa: E402
