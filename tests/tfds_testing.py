@@ -1,14 +1,19 @@
 """tfds's own `DatasetBuilderTestCase`, run without TensorFlow.
 
-The project does not install TensorFlow. tfds' testing modules need it in four places only:
-`tf.test.TestCase` as a base class and a `tf.dtypes.DType` annotation (both at import),
-`tf.executing_eagerly`/`tf.Graph` in the graph-and-eager decorator, and `tf.data` in
-`_assertAsDataset`. The first three are given a small stand-in, bound only inside those testing
-modules: tfds' core keeps seeing no TensorFlow (its `'tensorflow' in sys.modules` checks stay
-False), so builders run exactly as for a user. `_assertAsDataset` is replaced by the same
-checks (example count, feature shapes and dtypes, no example in two splits) read through the
-array_record data source instead of tf.data. Everything else (mocked manual_dir, the ban on
-`os`/`open` in the builder module, keys, num_examples, reload, configs) is tfds' code as is.
+Why it does not run as is (tensorflow_datasets 4.9.10): its modules import `dill` (a small
+dev requirement here) and use TensorFlow at import time, `tf.test.TestCase` as the base
+class of tfds' TestCase and `tf.dtypes.DType` in a dataclass annotation; then at run time
+`tf.compat.v1.test.get_temp_dir` (setUp), `tf.executing_eagerly`, `tf.Graph` and
+`test_session` (the graph-and-eager decorator), `tf.RaggedTensor` (example checksums),
+`tf.nest` (mocked downloads, unused by manual-download builders), and `tf.data` in
+`_assertAsDataset` (`builder.as_dataset` is tf.data).
+
+All but the last get a small stand-in, bound only inside those testing modules: tfds' core
+keeps seeing no TensorFlow (its `'tensorflow' in sys.modules` checks stay False), so builders
+run exactly as for a user. `_assertAsDataset` is replaced by the same checks (example count,
+feature shapes and dtypes, no example in two splits) read through the array_record data
+source instead of tf.data. Everything else (mocked manual_dir, the ban on `os`/`open` in the
+builder module, keys, num_examples, reload, configs) is tfds' code as is.
 """
 
 import contextlib
