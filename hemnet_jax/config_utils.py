@@ -12,7 +12,7 @@ def default_config():
   c.data = dict(
       name="voc_aug",
       data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
-      manual_dir=config_dict.placeholder(str),  # downloaded archives; None: <data_dir>/downloads/manual
+      manual_dir=config_dict.placeholder(str),  # the archives; None: <data_dir>/downloads/manual
       skip_corrupt=False,  # True: leave undecodable images/labels out of the build (and count them)
       train_split="train",
       eval_split="validation",

@@ -69,7 +69,8 @@ def decode(example):
   image, label = example["image"], example["label"]
   if isinstance(image, bytes):
     image = Image.open(io.BytesIO(image))
-    image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # COCO has grey JPEGs
+    # COCO has greyscale JPEGs.
+    image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
   if isinstance(label, bytes):
     label = np.asarray(Image.open(io.BytesIO(label)))
   return {"image": image, "label": label}

@@ -14,7 +14,8 @@ from absl import app, flags
 
 flags.DEFINE_string("dataset", None, "voc_aug, pascal_context, coco_stuff/10k or coco_stuff/164k")
 flags.DEFINE_string("manual_dir", None, "Folder holding the downloaded archives.")
-flags.DEFINE_string("data_dir", None, "tfds data dir; default $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
+flags.DEFINE_string("data_dir", None,
+                    "tfds data dir; default $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
 flags.DEFINE_bool("skip_corrupt", False, "Leave undecodable images/labels out (and count them) "
                   "instead of stopping.")
 flags.mark_flags_as_required(["dataset", "manual_dir"])

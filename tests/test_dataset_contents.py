@@ -122,13 +122,15 @@ def test_corrupt_file_names_the_example_and_skip_corrupt_counts_it(tmp_path, mem
 
 def test_label_value_out_of_range_names_the_file_and_the_value(tmp_path):
   fake.voc_aug(tmp_path / "voc", label_value=30)
-  with pytest.raises(ValueError, match=r"cls/2008_000002\.mat: label value 30 is outside .*\[0, 21\)"):
+  with pytest.raises(ValueError,
+                     match=r"cls/2008_000002\.mat: label value 30 is outside .*\[0, 21\)"):
     build("voc_aug", tmp_path / "voc", tmp_path / "data")
   fake.pascal_context(tmp_path / "context", label_value=400)
   with pytest.raises(ValueError, match=r"trainval/2008_000002\.mat: label value 400"):
     build("pascal_context", tmp_path / "context", tmp_path / "data")
   fake.coco_stuff(tmp_path / "coco", label_value=200)
-  with pytest.raises(ValueError, match=r"annotations/COCO_train2014_000000000077\.mat: label value 200"):
+  with pytest.raises(ValueError,
+                     match=r"annotations/COCO_train2014_000000000077\.mat: label value 200"):
     build("coco_stuff/10k", tmp_path / "coco", tmp_path / "data")
 
 

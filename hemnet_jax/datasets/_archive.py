@@ -23,7 +23,7 @@ class Download:
 
 
 def find(manual_dir, downloads: list[Download], dataset: str) -> list["Archive"]:
-  """Each archive (or its extracted copy) in manual_dir; else names every missing file and its page."""
+  """Each archive (or its extracted copy) in manual_dir; else names each missing file and page."""
   manual_dir = epath.Path(manual_dir)
   found, missing = [], []
   for d in downloads:

@@ -139,8 +139,9 @@ def load_mat(data: bytes, example_id: str, field: str, struct: str | None = None
     value = getattr(mat[struct], field) if struct else mat[field]
     value = np.asarray(value)
   except Exception as e:  # scipy raises ValueError, TypeError, MatReadError... for bad bytes
-    raise CorruptExampleError(f"example {example_id!r}: cannot read {struct + '.' if struct else ''}"
-                              f"{field} from its .mat label file ({type(e).__name__}: {e})") from e
+    where = f"{struct}.{field}" if struct else field
+    raise CorruptExampleError(f"example {example_id!r}: cannot read {where} from its .mat label "
+                              f"file ({type(e).__name__}: {e})") from e
   if value.ndim != 2 or not np.issubdtype(value.dtype, np.integer):
     raise CorruptExampleError(f"example {example_id!r}: its .mat label is {value.dtype} "
                               f"{value.shape}, expected a 2-D integer map")

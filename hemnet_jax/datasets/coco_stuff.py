@@ -121,7 +121,8 @@ class CocoStuff(seg.SegmentationBuilder):
       label = np.where(raw <= NUM_IDS, table[np.minimum(raw, NUM_IDS)], seg.IGNORE_LABEL)
       return {"image": image_bytes, "label": seg.encode_label(label), "id": example_id}
 
-    lists = {s: _archive.lines(archive.read(f"{prefix}imageLists/{s}.txt")) for s in ("train", "test")}
+    lists = {s: _archive.lines(archive.read(f"{prefix}imageLists/{s}.txt"))
+             for s in ("train", "test")}
     return {s: self._generate_examples(s, ids, read) for s, ids in lists.items()}
 
   def _splits_164k(self, train_images, val_images, maps):
@@ -147,7 +148,8 @@ class CocoStuff(seg.SegmentationBuilder):
                     if n.startswith(folder + "/") and n.endswith(".png"))
 
     return {
-        "train": self._generate_examples("train", ids("train2017"), reader(train_images, "train2017")),
+        "train": self._generate_examples("train", ids("train2017"),
+                                         reader(train_images, "train2017")),
         "validation": self._generate_examples("validation", ids("val2017"),
                                               reader(val_images, "val2017")),
     }

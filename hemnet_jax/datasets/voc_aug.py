@@ -54,7 +54,8 @@ class VocAug(seg.SegmentationBuilder):
     for split in ("train", "val"):
       name = f"{_SBD_ROOT}/{split}.txt"
       if name not in sbd_files:
-        raise FileNotFoundError(f"{self.name}: {sbd.path} has no {name}; is it SBD's benchmark.tgz?")
+        raise FileNotFoundError(f"{self.name}: {sbd.path} has no {name}; is it SBD's "
+                                "benchmark.tgz?")
       sbd_ids.update(_archive.lines(sbd_files[name]))
     voc_lists = {s: _archive.lines(voc.read(f"{_VOC_ROOT}/ImageSets/Segmentation/{s}.txt"))
                  for s in ("train", "val")}
