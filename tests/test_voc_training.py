@@ -1,6 +1,8 @@
 """configs/voc.py end to end on the fake VOC archives, then resumed from its checkpoint."""
 
 import json
+import os
+import subprocess
 import sys
 
 import jax
@@ -71,3 +73,16 @@ def test_voc_config_trains_two_steps_then_resumes_on_the_same_batches(
   for step, (a, b) in enumerate(zip([next(fresh) for _ in range(3)], seen), start=1):
     np.testing.assert_array_equal(a["image"], b["image"], err_msg=f"step {step}")
     np.testing.assert_array_equal(a["label"], b["label"], err_msg=f"step {step}")
+
+
+def test_eval_batch_that_cannot_split_over_the_devices_stops_at_start(fake_voc, tmp_path):
+  code = ("import sys; sys.path.insert(0, '.'); from tests.test_voc_training import tiny_voc; "
+          "from hemnet_jax import train; "
+          f"train.train_and_evaluate(tiny_voc({str(fake_voc[0])!r}, {str(fake_voc[1])!r}), "
+          f"{str(tmp_path)!r})")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode != 0
+  assert "config.data.eval_batch_size=1 is not divisible by the 2 local devices" in res.stderr
+  assert "config.data.eval_size" in res.stderr
