@@ -32,7 +32,7 @@ def synthetic_examples(n, seed=0, size=(375, 500)):
   for _ in range(n):
     coarse = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
     image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), np.float32)
-    image += rng.normal(0, 12, image.shape)
+    image += rng.normal(0, 22, image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
     label = np.asarray(Image.fromarray(rng.integers(0, 21, (6, 8), dtype=np.uint8))
                        .resize((w, h), Image.NEAREST))
