@@ -1,7 +1,8 @@
 """HEMNet on PASCAL VOC 2012 aug, the paper's main setting (Sec. 5.1, Appendix C).
 
-Until the `voc_aug` builder lands, training stops at once and names the missing
-dataset and where to get it. `--config configs/voc.py:emanet` is the baseline.
+The `voc_aug` tfds builder prepares the data on first use from the archives in
+config.data.manual_dir (README.md, "Datasets"). Steps, batch, crop and lr are EMANet's
+VOC recipe. `--config configs/voc.py:emanet` is the baseline.
 """
 
 from hemnet_jax import config_utils

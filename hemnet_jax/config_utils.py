@@ -12,12 +12,15 @@ def default_config():
   c.data = dict(
       name="voc_aug",
       data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+      manual_dir=config_dict.placeholder(str),  # the archives; None: <data_dir>/downloads/manual
+      skip_corrupt=False,  # True: leave undecodable images/labels out of the build (and count them)
       train_split="train",
       eval_split="validation",
       num_classes=21,
       crop_size=513,
       scale_range=(0.5, 2.0),
       eval_batch_size=1,
+      eval_size=config_dict.placeholder(int),  # None: pad each image to the stride (EMANet)
       num_threads=2,  # Grain reader threads
       prefetch=4,  # batches
   )

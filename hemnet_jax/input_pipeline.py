@@ -7,6 +7,8 @@ position is the train state's step, which the checkpoint holds.
 """
 
 import dataclasses
+import functools
+import io
 import os
 
 import grain
@@ -42,8 +44,10 @@ def data_dir(config):
 
 
 def _builder(config):
+  kwargs = {"skip_corrupt": True} if config.get("skip_corrupt") else {}
   try:
-    return tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record")
+    return tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record",
+                        **kwargs)
   except tfds.core.registered.DatasetNotFoundError as e:
     where = _MANUAL.get(config.name, "its publisher")
     raise FileNotFoundError(
@@ -52,19 +56,41 @@ def _builder(config):
 
 
 def load_split(config, split):
-  """The tfds data source of `split`; generates built-in datasets on first use."""
+  """The tfds data source of `split`; prepares the dataset on first use.
+
+  Manual-download datasets are prepared from the archives in config.manual_dir (None: tfds'
+  <data_dir>/downloads/manual).
+  """
+  manual_dir = config.get("manual_dir")
+  prepare = functools.partial(
+      _builder(config).download_and_prepare, file_format="array_record",
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.path.expanduser(manual_dir) if manual_dir else None))
   builder = _builder(config)
   if jax.process_count() > 1:
     # Process 0 prepares while the others wait; hosts without a shared disk then
     # prepare their own copy.
     if jax.process_index() == 0 and not builder.is_prepared():
-      builder.download_and_prepare(file_format="array_record")
+      prepare()
     multihost_utils.sync_global_devices(f"prepare {config.name}")
     builder = _builder(config)
   if not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
+    prepare()
+    builder = _builder(config)
   source = builder.as_data_source(split=split)
   return Split(source, len(source))
+
+
+def decode(example):
+  """Encoded examples (JPEG image, PNG label: the manual-download datasets) as arrays."""
+  image, label = example["image"], example["label"]
+  if isinstance(image, bytes):
+    image = Image.open(io.BytesIO(image))
+    # COCO has greyscale JPEGs.
+    image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+  if isinstance(label, bytes):
+    label = np.asarray(Image.open(io.BytesIO(label)))
+  return {"image": image, "label": label}
 
 
 def _normalize(image):
@@ -93,15 +119,19 @@ def train_transform(example, rng, *, crop_size, scale_range):
   return {"image": _normalize(image), "label": np.ascontiguousarray(label, np.int32)}
 
 
-def eval_transform(example, *, multiple):
+def eval_transform(example, *, multiple, min_size=None):
   """Whole image, padded at the bottom/right to a multiple of the output stride.
 
   The padded pixels carry the ignore label, so metrics on the padded prediction
-  equal metrics on the prediction cropped back to the image.
+  equal metrics on the prediction cropped back to the image. `min_size` pads to at
+  least that square first: one shape for every image (one compilation, and equal
+  shapes on every process) at the cost of more padding than EMANet's.
   """
+  example = decode(example)
   image, label = _normalize(example["image"]), example["label"].astype(np.int32)
   h, w = label.shape
-  ph, pw = -h % multiple, -w % multiple
+  th, tw = max(h, min_size or 0), max(w, min_size or 0)
+  ph, pw = th - h + (-th % multiple), tw - w + (-tw % multiple)
   image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
   label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_LABEL)
   return {"image": image, "label": label}
@@ -110,7 +140,7 @@ def eval_transform(example, *, multiple):
 def train_batches(split, config, *, batch_size, seed, start_step=0, process_index=0, process_count=1):
   """Infinite iterator over this process's batches from step `start_step` on."""
   ds = grain.MapDataset.source(split.source)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.shuffle(seed=seed).repeat().map(decode)
   ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, crop_size=config.crop_size,
                                                      scale_range=tuple(config.scale_range)),
                      seed=seed + 1)
@@ -119,21 +149,24 @@ def train_batches(split, config, *, batch_size, seed, start_step=0, process_inde
                                                    prefetch_buffer_size=config.prefetch)))
 
 
-def eval_batches(split, config, *, batch_size, multiple, process_index=0, process_count=1):
-  """One pass over this process's examples (every process_count-th one).
+def eval_batches(split, config, *, batch_size, multiple, process_index=0, process_count=1,
+                 pad_to=None):
+  """One pass over this process's share of the split; short batches are padded with
+  ignore-only examples, so that every process yields the same number of batches.
 
-  Every process yields the same number of batches (collectives need that); short
-  batches are filled with ignore-only examples, which no metric counts. Images must
-  share one size per batch (true of the built-in set); datasets of varying sizes
-  evaluate with batch_size 1.
+  Images must share one size per batch (true of the built-in set); datasets of
+  varying sizes evaluate with batch_size 1, or set config.eval_size.
   """
-  ds = grain.MapDataset.source(split.source).map(lambda ex: eval_transform(ex, multiple=multiple))
-  per_process = -(-len(ds) // process_count)
-  mine = list(range(process_index, len(ds), process_count))
-  for start in range(0, per_process, batch_size):
-    examples = [ds[i] for i in mine[start:start + batch_size]]
-    template = examples[0] if examples else ds[0]
-    while len(examples) < batch_size:
-      examples.append({"image": np.zeros_like(template["image"]),
-                       "label": np.full_like(template["label"], IGNORE_LABEL)})
+  ds = grain.MapDataset.source(split.source)[process_index::process_count]
+  ds = ds.map(lambda ex: eval_transform(ex, multiple=multiple, min_size=config.get("eval_size")))
+  per_process = -(-len(split.source) // process_count)
+  for start in range(0, -(-per_process // batch_size) * batch_size, batch_size):
+    examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+    if not examples:  # this process ran out first: one ignore-only example of any size
+      examples = [eval_transform(split.source[0], multiple=multiple,
+                                 min_size=config.get("eval_size"))]
+      examples[0]["label"][:] = IGNORE_LABEL
+    while len(examples) < max(batch_size, pad_to or 0):  # e.g. one example per device
+      examples.append({"image": np.zeros_like(examples[0]["image"]),
+                       "label": np.full_like(examples[0]["label"], IGNORE_LABEL)})
     yield {k: np.stack([e[k] for e in examples]) for k in ("image", "label")}

@@ -103,14 +103,15 @@ def evaluate(state, model, split, config, mesh):
   step = jax.jit(functools.partial(eval_step, num_classes=config.data.num_classes),
                  out_shardings=sharding.replicated(mesh))
   state = state.replace(apply_fn=model.apply)
-  # Each process reads every process_count-th example; local batches are padded with
-  # ignore-only examples to fill this process's devices.
+  # Each process reads every process_count-th example; its batches are filled with
+  # ignore-only examples up to a multiple of its device count.
   local_batch = -(-config.data.eval_batch_size // jax.process_count())
-  local_batch = -(-local_batch // jax.local_device_count()) * jax.local_device_count()
+  n = jax.local_device_count()
   cm = 0
   for batch in input_pipeline.eval_batches(
       split, config.data, batch_size=local_batch, multiple=config.model.output_stride,
-      process_index=jax.process_index(), process_count=jax.process_count()):
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_to=-(-local_batch // n) * n):
     cm = cm + step(state, sharding.shard_batch(batch, mesh))
   cm = np.asarray(jax.device_get(cm))
   return metrics.summarize(cm, datasets.class_names(config.data)), cm

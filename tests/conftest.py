@@ -1,6 +1,7 @@
 """Fixtures shared by the test files."""
 
 import os
+import pathlib
 import tempfile
 
 # Many tests compile the same tiny programs, in this process and in subprocesses
@@ -11,9 +12,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 from helpers import tiny_config  # noqa: E402
 
+import hemnet_jax.datasets  # noqa: E402,F401  (registers the builders)
 from hemnet_jax import input_pipeline  # noqa: E402
+
+TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +27,13 @@ def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds")
   input_pipeline.load_split(tiny_config(d).data, "train")
   return d
+
+
+@pytest.fixture(scope="session")
+def fake_voc(tmp_path_factory):
+  """(data_dir, manual_dir): voc_aug prepared from the committed fake archives."""
+  data_dir = tmp_path_factory.mktemp("tfds_voc")
+  builder = tfds.builder("voc_aug", data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(TESTDATA / "voc_aug")))
+  return data_dir, TESTDATA / "voc_aug"
