@@ -17,7 +17,7 @@ from etils import epath
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hemnet_jax import config_utils, datasets, input_pipeline, metrics
+from hemnet_jax import backbone_checkpoint, config_utils, datasets, input_pipeline, metrics
 from hemnet_jax.models.hem_unit import BASES, STATS
 from hemnet_jax.models.hemnet import HEMNet
 
@@ -58,13 +58,17 @@ def make_optimizer(config):
                      optax.sgd(learning_rate_fn(config), momentum=config.train.momentum))
 
 
-def create_train_state(config, model, rng):
+def create_train_state(config, model, rng, *, load_backbone=True):
+  """A fresh state; with config.model.backbone_checkpoint (and load_backbone), the
+  backbone starts from that converted ImageNet checkpoint, the heads from `rng`."""
   size = config.data.crop_size
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32))
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables["batch_stats"], hem_bases=variables[BASES],
-                           tx=make_optimizer(config))
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  if load_backbone and config.model.backbone_checkpoint:
+    params, batch_stats = backbone_checkpoint.load_into(params, batch_stats, config)
+  return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                           hem_bases=variables[BASES], tx=make_optimizer(config))
 
 
 def train_step(state, batch, *, config):
@@ -150,10 +154,11 @@ def train_and_evaluate(config, workdir):
   train_split = input_pipeline.load_split(config.data, config.data.train_split)
   eval_split = input_pipeline.load_split(config.data, config.data.eval_split)
   model = build_model(config)
-  state = create_train_state(config, model, jax.random.key(config.seed))
-
   mngr = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True))
+  # A resumed run takes every weight from its own checkpoint, so the pretrained file may be gone.
+  state = create_train_state(config, model, jax.random.key(config.seed),
+                             load_backbone=mngr.latest_step() is None)
   if mngr.latest_step() is not None:
     state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
     print(f"Resumed from {mngr.directory} at step {int(state.step)}", flush=True)
