@@ -84,11 +84,18 @@ def _structure_diff(loaded, expected):
   return problems
 
 
-def load_into(params, batch_stats, config):
-  """params and batch_stats with their "backbone" subtrees replaced by the converted ones."""
-  source = config.model.backbone_checkpoint
-  variables, meta = load(source)
-  _check_config(meta, config.model, source)
+def load_for(config):
+  """The variables of config.model.backbone_checkpoint, once its structure fits config.model.
+
+  Checked before the model is built, so that a wrong file or field fails at once.
+  """
+  variables, meta = load(config.model.backbone_checkpoint)
+  _check_config(meta, config.model, config.model.backbone_checkpoint)
+  return variables
+
+
+def replace_backbone(params, batch_stats, variables, source):
+  """params and batch_stats with their "backbone" subtrees replaced by `variables`."""
   expected = {"params": params[BACKBONE], "batch_stats": batch_stats[BACKBONE]}
   problems = _structure_diff(variables, expected)
   if problems:

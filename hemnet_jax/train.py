@@ -61,12 +61,16 @@ def make_optimizer(config):
 def create_train_state(config, model, rng, *, load_backbone=True):
   """A fresh state; with config.model.backbone_checkpoint (and load_backbone), the
   backbone starts from that converted ImageNet checkpoint, the heads from `rng`."""
+  pretrained = None
+  if load_backbone and config.model.backbone_checkpoint:
+    pretrained = backbone_checkpoint.load_for(config)
   size = config.data.crop_size
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32))
   params, batch_stats = variables["params"], variables["batch_stats"]
-  if load_backbone and config.model.backbone_checkpoint:
-    params, batch_stats = backbone_checkpoint.load_into(params, batch_stats, config)
+  if pretrained is not None:
+    params, batch_stats = backbone_checkpoint.replace_backbone(
+        params, batch_stats, pretrained, config.model.backbone_checkpoint)
   return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
                            hem_bases=variables[BASES], tx=make_optimizer(config))
 
