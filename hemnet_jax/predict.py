@@ -39,11 +39,14 @@ def load_config(workdir):
 
 def restore_variables(config, checkpoints, step=None):
   """The model variables of `step` (None: the latest) in a CheckpointManager directory."""
-  mngr = ocp.CheckpointManager(epath.Path(checkpoints).absolute())
+  checkpoints = epath.Path(checkpoints).absolute()
+  if not checkpoints.is_dir():
+    raise FileNotFoundError(f"{checkpoints} does not exist: the run saved no checkpoint yet")
+  mngr = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {mngr.directory} "
-                            f"(steps there: {list(mngr.all_steps())})")
+  if step not in mngr.all_steps():
+    raise FileNotFoundError(f"no checkpoint {'yet' if step is None else f'of step {step}'} in "
+                            f"{checkpoints} (steps there: {list(mngr.all_steps())})")
   model = train.build_model(config)
   # The structure to restore into, without running the model's initialisation.
   abstract = jax.eval_shape(functools.partial(

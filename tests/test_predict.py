@@ -118,7 +118,7 @@ def test_missing_run_or_step_is_a_clear_error(run, tmp_path, capsys):
   assert "config.json not found" in capsys.readouterr().err
   assert predict.main(["--checkpoint", str(run / "run" / "checkpoints" / "7"), "--images", "x.png",
                        "--out", str(tmp_path)]) == 1
-  assert "no checkpoint 7" in capsys.readouterr().err
+  assert "no checkpoint of step 7" in capsys.readouterr().err
 
 
 def test_generic_palette_for_datasets_without_one():
