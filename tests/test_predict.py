@@ -20,12 +20,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import demo  # noqa: E402
 
-# The demo at a size that trains in seconds (as tests/test_train.py).
+# The demo at a size that trains in seconds (as tests/test_train.py), evaluated on 16 images.
 TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
         "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
         "hem.num_bases": 5, "data.crop_size": 32, "train.batch_size": 4,
-        "data.eval_batch_size": 100, "train.log_every": 1, "train.num_steps": 2,
-        "train.checkpoint_every": 1}
+        "data.eval_split": "validation[:16]", "data.eval_batch_size": 16, "train.log_every": 1,
+        "train.num_steps": 2, "train.checkpoint_every": 1}
 
 
 @pytest.fixture(scope="module")
