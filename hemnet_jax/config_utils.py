@@ -37,6 +37,9 @@ def default_config():
       aux_weight=0.4,  # auxiliary FCN head on stage 3; 0 removes it
       aux_channels=256,
       bn_momentum=0.9997,  # Flax's convention; PyTorch's 3e-4 as EMANet
+      # A directory from `python -m hemnet_jax.convert_resnet`: the ImageNet backbone a new
+      # run starts from (README.md, "ImageNet-pretrained backbones"). None: random initialisation.
+      backbone_checkpoint=config_dict.placeholder(str),
   )
   c.hem = dict(
       num_bases=64,  # K

@@ -15,7 +15,8 @@ from absl import logging
 from etils import epath
 from flax.training import train_state
 
-from hemnet_jax import config_utils, datasets, input_pipeline, metrics, sharding
+from hemnet_jax import (backbone_checkpoint, config_utils, datasets, input_pipeline, metrics,
+                        sharding)
 from hemnet_jax.models.hem_unit import BASES, STATS
 from hemnet_jax.models.hemnet import HEMNet
 
@@ -56,13 +57,21 @@ def make_optimizer(config):
                      optax.sgd(learning_rate_fn(config), momentum=config.train.momentum))
 
 
-def create_train_state(config, model, rng):
+def create_train_state(config, model, rng, *, load_backbone=True):
+  """A fresh state; with config.model.backbone_checkpoint (and load_backbone), the
+  backbone starts from that converted ImageNet checkpoint, the heads from `rng`."""
+  pretrained = None
+  if load_backbone and config.model.backbone_checkpoint:
+    pretrained = backbone_checkpoint.load_for(config)
   size = config.data.crop_size
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32))
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables["batch_stats"], hem_bases=variables[BASES],
-                           tx=make_optimizer(config))
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  if pretrained is not None:
+    params, batch_stats = backbone_checkpoint.replace_backbone(
+        params, batch_stats, pretrained, config.model.backbone_checkpoint)
+  return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                           hem_bases=variables[BASES], tx=make_optimizer(config))
 
 
 def loss_and_grads(state, batch, *, config):
@@ -153,11 +162,12 @@ def train_and_evaluate(config, workdir):
   train_split = input_pipeline.load_split(config.data, config.data.train_split)
   eval_split = input_pipeline.load_split(config.data, config.data.eval_split)
   model = build_model(config)
-  state = create_train_state(config, model, jax.random.key(config.seed))
-  state_sharding = sharding.state_shardings(state, mesh, fsdp=config.train.fsdp)
-
   mngr = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True))
+  # A resumed run takes every weight from its own checkpoint, so the pretrained file may be gone.
+  state = create_train_state(config, model, jax.random.key(config.seed),
+                             load_backbone=mngr.latest_step() is None)
+  state_sharding = sharding.state_shardings(state, mesh, fsdp=config.train.fsdp)
   if mngr.latest_step() is not None:  # onto this run's mesh, whatever mesh wrote it
     state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(
         sharding.abstract_state(state, state_sharding)))

@@ -14,6 +14,9 @@ from hemnet_jax import hem
 BASES = "hem_bases"
 # Per-iteration ELBO, sown only when the caller makes this collection mutable.
 STATS = "hem_stats"
+# The last iteration's responsibilities gamma [B, H, W, K] (attention maps), sown
+# only when the caller makes this collection mutable.
+ATTENTION = "hem_attention"
 
 
 def init_mu0(key, num_bases, channels, dtype=jnp.float32):
@@ -58,6 +61,9 @@ class HEMUnit(nn.Module):
                              backprop=self.backprop, kernel=self.kernel)
     gamma, mu = out.gamma, out.mu  # constants to autodiff when backprop=False (EMANet)
     x_tilde = hem.r_step(gamma, mu).astype(self.dtype).reshape(b, h, w, c)  # Eq. 10
+
+    if self.is_mutable_collection(ATTENTION):
+      self.sow(ATTENTION, "gamma", gamma.reshape(b, h, w, self.num_bases))
 
     if self.is_mutable_collection(STATS):
       xs = jax.lax.stop_gradient(x)

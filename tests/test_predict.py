@@ -1,0 +1,131 @@
+"""`python -m hemnet_jax.predict` on a tiny trained demo model: files, sizes, argmax."""
+
+import math
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from hemnet_jax import input_pipeline, predict, train, visualize
+from hemnet_jax.datasets import shapes
+from hemnet_jax.models.hem_unit import ATTENTION
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import demo  # noqa: E402
+
+# The demo at a size that trains in seconds (as tests/test_train.py), evaluated on 16 images.
+TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
+        "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
+        "hem.num_bases": 5, "data.crop_size": 32, "train.batch_size": 4,
+        "data.eval_split": "validation[:16]", "data.eval_batch_size": 16, "train.log_every": 1,
+        "train.num_steps": 2, "train.checkpoint_every": 1}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 2-step demo run (checkpoints at steps 1 and 2) and two images of different sizes."""
+  d = tmp_path_factory.mktemp("predict")
+  config = demo.get_config()
+  for k, v in TINY.items():
+    section, field = k.split(".")
+    config[section][field] = v
+  config.data.data_dir = str(d / "tfds")
+  train.train_and_evaluate(config, d / "run")
+  image, _ = shapes.render_example(np.random.default_rng([1, 0]))
+  Image.fromarray(image).save(d / "square.png")
+  Image.fromarray(image[3:73, 10:63]).save(d / "tall.jpg", quality=90)  # 53 x 70, lossy
+  return d
+
+
+def expected(workdir, step, image_path):
+  """logits and the last gamma, computed here from the checkpoint without predict.py."""
+  config = predict.load_config(workdir)
+  model = train.build_model(config)
+  raw = ocp.CheckpointManager(workdir / "checkpoints").restore(step)
+  variables = {k: raw[k] for k in ("params", "batch_stats", "hem_bases")}
+  image = np.asarray(Image.open(image_path).convert("RGB"), np.float32)
+  h, w = image.shape[:2]
+  x = (image - np.array([0.485, 0.456, 0.406]) * 255) / (np.array([0.229, 0.224, 0.225]) * 255)
+  x = np.pad(x, ((0, -h % 8), (0, -w % 8), (0, 0)))  # zeros: the mean colour
+  (logits, _), upd = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=[ATTENTION]))(
+      variables, jnp.asarray(x[None], jnp.float32))
+  return np.asarray(logits[0, :h, :w]), np.asarray(upd[ATTENTION]["hem"]["gamma"][0][0])
+
+
+def assert_label_is_argmax(label, logits):
+  top2 = np.sort(logits, axis=-1)[..., -2:]
+  decided = top2[..., 1] - top2[..., 0] > 1e-5  # argmax is not a near-tie
+  assert decided.mean() > 0.99
+  np.testing.assert_array_equal(label[decided], np.argmax(logits, -1)[decided])
+
+
+def test_predict_writes_label_mask_overlay_and_attention(run, tmp_path):
+  res = subprocess.run(
+      [sys.executable, "-m", "hemnet_jax.predict", "--workdir", str(run / "run"), "--images",
+       str(run / "square.png"), str(run / "tall.jpg"), "--out", str(tmp_path), "--attention"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr
+  assert "step 2" in res.stdout
+
+  for name, size in (("square", (96, 96)), ("tall", (53, 70))):
+    source = np.asarray(Image.open(run / f"{name}.{'png' if name == 'square' else 'jpg'}"))
+    label_img = Image.open(tmp_path / f"{name}_label.png")
+    assert (label_img.mode, label_img.size) == ("L", size)
+    label = np.asarray(label_img)
+    assert label.max() < shapes.NUM_CLASSES
+
+    mask = Image.open(tmp_path / f"{name}_mask.png")
+    assert (mask.mode, mask.size) == ("RGB", size)
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(shapes.PALETTE, np.uint8)[label])
+    over = Image.open(tmp_path / f"{name}_overlay.png")
+    assert (over.mode, over.size) == ("RGB", size)
+    np.testing.assert_array_equal(np.asarray(over), visualize.overlay(source, np.asarray(mask)))
+
+    logits, gamma = expected(run / "run", 2, run / f"{name}.{'png' if name == 'square' else 'jpg'}")
+    assert_label_is_argmax(label, logits)
+
+    # One cell per basis, 5 bases on 3 columns: each cell is its basis' gamma, enlarged.
+    grid = np.asarray(Image.open(tmp_path / f"{name}_attention.png"))
+    fh, fw, k = gamma.shape
+    assert (fh, fw, k) == (math.ceil(size[1] / 8), math.ceil(size[0] / 8), 5)
+    s = 64 // max(fh, fw)
+    assert grid.shape == (2 * fh * s + 2, 3 * fw * s + 4)
+    cell = lambda r, c: grid[r * (fh * s + 2):r * (fh * s + 2) + fh * s:s,
+                             c * (fw * s + 2):c * (fw * s + 2) + fw * s:s]
+    for i in range(k):
+      np.testing.assert_allclose(cell(*divmod(i, 3)), gamma[..., i] * 255, atol=1.01)
+    assert np.all(cell(1, 2) == 128)  # no sixth basis
+
+
+def test_checkpoint_path_picks_that_step(run, tmp_path):
+  assert predict.main(["--checkpoint", str(run / "run" / "checkpoints" / "1"), "--images",
+                       str(run / "tall.jpg"), "--out", str(tmp_path)]) == 0
+  label = np.asarray(Image.open(tmp_path / "tall_label.png"))
+  logits, _ = expected(run / "run", 1, run / "tall.jpg")
+  assert_label_is_argmax(label, logits)
+  assert not (tmp_path / "tall_attention.png").exists()
+
+
+def test_missing_run_or_step_is_a_clear_error(run, tmp_path, capsys):
+  assert predict.main(["--workdir", str(tmp_path), "--images", "x.png", "--out", str(tmp_path)]) == 1
+  assert "config.json not found" in capsys.readouterr().err
+  assert predict.main(["--checkpoint", str(run / "run" / "checkpoints" / "7"), "--images", "x.png",
+                       "--out", str(tmp_path)]) == 1
+  assert "no checkpoint of step 7" in capsys.readouterr().err
+
+
+def test_generic_palette_for_datasets_without_one():
+  colours = visualize.generic_palette()
+  assert colours.shape == (256, 3) and len({tuple(c) for c in colours}) == 256
+  np.testing.assert_array_equal(colours[:3], [[0, 0, 0], [128, 0, 0], [0, 128, 0]])  # VOC's
+  config = demo.get_config()
+  np.testing.assert_array_equal(visualize.palette(config.data)[:11], shapes.PALETTE)
+  config.data.name = "voc_aug"
+  np.testing.assert_array_equal(visualize.palette(config.data), colours)
