@@ -32,9 +32,9 @@ def get_config(variant="hemnet"):
   config.hem.num_iters = 3  # T_train
 
   config.train.batch_size = 16
-  config.train.num_steps = 1800
+  config.train.num_steps = 1500
   config.train.lr = 0.06
   config.train.log_every = 100
-  config.train.eval_every = 600
+  config.train.eval_every = 500
   config.train.checkpoint_every = 200
   return config_utils.apply_variant(config, variant)
