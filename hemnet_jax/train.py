@@ -6,6 +6,7 @@ import signal
 import time
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,10 +35,8 @@ def build_model(config, num_iters_eval=None):
   return HEMNet(
       num_classes=config.data.num_classes, depth_stages=tuple(m.stage_sizes), width=m.width,
       stem=m.stem, stem_width=m.stem_width, output_stride=m.output_stride,
-      multi_grid=tuple(m.multi_grid), head_channels=m.head_channels, num_bases=h.num_bases,
-      num_iters=h.num_iters, num_iters_eval=num_iters_eval or h.num_iters_eval, eta=h.eta,
-      temperature=h.temperature, l2_normalize=h.l2_normalize, backprop=h.backprop,
-      kernel=h.kernel, mu0_momentum=h.mu0_momentum, renorm_mu0=h.renorm_mu0,
+      multi_grid=tuple(m.multi_grid), head_channels=m.head_channels,
+      hem=flax.core.FrozenDict({**h.to_dict(), "num_iters_eval": num_iters_eval or h.num_iters_eval}),
       decoder_channels=m.decoder_channels, dropout=m.dropout, aux_weight=m.aux_weight,
       aux_channels=m.aux_channels, bn_momentum=m.bn_momentum,
       dtype=jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32)

@@ -101,7 +101,7 @@ def test_resnet_feature_strides(stem, output_stride):
 
 def test_hemnet_outputs_and_aux_head():
   model = HEMNet(num_classes=5, depth_stages=(1, 1, 1, 1), width=4, stem_width=8, head_channels=16,
-                 num_bases=4, decoder_channels=8, aux_channels=8, bn_momentum=0.9)
+                 hem={"num_bases": 4}, decoder_channels=8, aux_channels=8, bn_momentum=0.9)
   x = jax.random.normal(jax.random.key(0), (2, 40, 48, 3))
   v = model.init(jax.random.key(1), x)
   logits, aux = model.apply(v, x)

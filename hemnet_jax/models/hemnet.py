@@ -1,8 +1,9 @@
 """HEMNet: dilated ResNet backbone, HEM head, auxiliary FCN head, upsampled logits."""
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,18 +30,10 @@ class HEMNet(nn.Module):
   stem_width: int = 128
   output_stride: int = 8
   multi_grid: Sequence[int] = (1, 2, 4)
-  # Head: C channels into the HEM unit, K bases, the HEM settings.
+  # Head: C channels into the HEM unit, and the unit's settings (HEMUnit's fields:
+  # num_bases K, num_iters, num_iters_eval, eta, temperature, l2_normalize, ...).
   head_channels: int = 512
-  num_bases: int = 64
-  num_iters: int = 3
-  num_iters_eval: Optional[int] = None
-  eta: float = 0.5
-  temperature: Optional[float] = None
-  l2_normalize: bool = False
-  backprop: bool = True
-  kernel: str = "dot"
-  mu0_momentum: float = 0.9
-  renorm_mu0: bool = False
+  hem: Mapping[str, Any] = flax.core.FrozenDict()
   decoder_channels: int = 256
   dropout: float = 0.1
   aux_weight: float = 0.4
@@ -63,11 +56,7 @@ class HEMNet(nn.Module):
 
     y = conv(self.head_channels, 3, name="head_conv_in", dtype=self.dtype)(feats[3])
     y = nn.relu(norm(name="head_bn_in")(y))
-    y = HEMUnit(num_bases=self.num_bases, num_iters=self.num_iters,
-                num_iters_eval=self.num_iters_eval, eta=self.eta, temperature=self.temperature,
-                l2_normalize=self.l2_normalize, backprop=self.backprop, kernel=self.kernel,
-                mu0_momentum=self.mu0_momentum, renorm_mu0=self.renorm_mu0,
-                bn_momentum=self.bn_momentum, dtype=self.dtype, name="hem")(y, train)
+    y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name="hem")(y, train)
     y = conv(self.decoder_channels, 3, name="head_conv_out", dtype=self.dtype)(y)
     y = drop()(nn.relu(norm(name="head_bn_out")(y)))
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
