@@ -14,18 +14,14 @@ from helpers import ROOT, main_cmd, tiny_config, tiny_flags
 from hemnet_jax import config_utils, evaluate, input_pipeline, metrics, train
 from hemnet_jax.models.hem_unit import STATS
 
-# A 2-step tiny run evaluated on 4 validation images.
-RUN = {"train.num_steps": 2, "train.checkpoint_every": 2, "data.eval_split": "validation[:4]",
-       "data.eval_batch_size": 4}
+from conftest import TINY_RUN as RUN  # noqa: E402
 EMANET_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 SCALES = (0.75, 1.25)  # fewer scales keep the test fast; the averaging code is the same
 
 
 @pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("eval_run")
-  train.train_and_evaluate(tiny_config(data_dir, **RUN), workdir)
-  return workdir
+def run(tiny_run):
+  return tiny_run.path
 
 
 def plain_ms_flip(apply, variables, image, stride):
