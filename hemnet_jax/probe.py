@@ -77,9 +77,9 @@ def gradient_split(x, mu0, loss_fn, *, num_iters, eta, temperature, kernel="dot"
 
 
 def readout_loss(key, shape):
-  """A fixed random linear readout of X_tilde [B, N, C]: mean(X_tilde * V)."""
+  """A fixed random linear readout of X_tilde [B, N, C], sum_nc X_tilde * V averaged over B."""
   v = jax.random.normal(key, shape[-2:])
-  return lambda x_tilde: jnp.mean(x_tilde * v)
+  return lambda x_tilde: jnp.sum(x_tilde * v) / x_tilde.shape[0]
 
 
 def layer_means(split):
@@ -196,7 +196,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app, flags, logging
   from ml_collections import config_flags
   flags.DEFINE_string("workdir", None, "A training run: its checkpoints are probed.")
   config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
@@ -205,4 +205,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("at_init", False, "Probe the freshly initialised model instead of the run.")
   flags.DEFINE_string("out", None, "Output directory; default <workdir>/probe.")
   flags.mark_flags_as_required(["config", "workdir"])
+  logging.set_verbosity(logging.WARNING)
   app.run(main)
