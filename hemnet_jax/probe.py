@@ -19,7 +19,8 @@ segmentation-loss gradients. It writes, under <workdir>/probe (or --out):
   probe_layers.csv  eta, layer t, ELBO after t, mean |grad X| from the N-step and the
                     E-step of layer t, and the N-step one with the E-step paths cut;
   probe_totals.csv  eta, total mean |grad X|, E-step / N-step ratio;
-  probe_checkpoints.csv  (d) over the run's checkpoints at the config's eta.
+  probe_checkpoints.csv  (d) over the run's checkpoints at the config's eta (those kept:
+                    raise train.keep_checkpoints to keep one every checkpoint_every steps).
 PNG plots are not made: matplotlib is not a dependency of this project.
 """
 
@@ -118,7 +119,9 @@ def hem_inputs(model, variables, images):
   _, state = model.apply(variables, images, train=False, capture_intermediates=is_conv_in,
                          mutable=["intermediates"])
   x = state["intermediates"]["hem"]["conv_in"]["__call__"][0]
-  return x.reshape(x.shape[0], -1, x.shape[-1]), variables["hem_bases"]["hem"]["mu0"]
+  # float32 even for a bfloat16 model: the probes measure gradients down to ~1e-7 of the total.
+  x = x.reshape(x.shape[0], -1, x.shape[-1]).astype(jnp.float32)
+  return x, variables["hem_bases"]["hem"]["mu0"]
 
 
 def _samples(config, num_samples):

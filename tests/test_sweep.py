@@ -54,3 +54,16 @@ def test_two_by_two_subset_writes_table_1_and_table_2(data_dir, tmp_path, monkey
   again = sweep.sweep(tiny_config(data_dir, **TINY_SWEEP), tmp_path, t_trains=(1, 2),
                       etas=(0.4, 0.8), t_evals=(3,))
   assert again["table1"] == {(t, float(e)): m for (t, e), m in miou.items()}
+
+
+def test_voc_ablation_config_is_the_papers_ablation_setting():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("voc_ablation", ROOT / "configs" / "voc_ablation.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert (tuple(config.model.stage_sizes), config.model.output_stride) == ((3, 4, 6, 3), 16)
+  assert (config.data.name, config.hem.eta, config.hem.num_iters) == ("voc_aug", 0.5, 3)
+  emanet = sweep.cell_config(module.get_config(), 2, sweep.EMANET)
+  assert (emanet.hem.eta, emanet.hem.backprop, emanet.hem.num_iters) == (1.0, False, 2)
+  assert sweep.cell_name(2, sweep.EMANET) == "T2_emanet" and sweep.cell_name(4, 0.2) == "T4_eta0.2"
