@@ -77,16 +77,17 @@ def step_fn_for(config):
                            flip=config.eval.flip, multiple=config.model.output_stride)
 
 
-def restore_state(config, model, checkpoints, mesh):
-  """(TrainState, step) of the latest checkpoint, placed on `mesh`."""
+def restore_state(config, model, checkpoints, mesh, step=None):
+  """(TrainState, step) of checkpoint `step` (None: the latest), placed on `mesh`."""
   checkpoints = epath.Path(checkpoints).absolute()
   if not checkpoints.is_dir():
     raise FileNotFoundError(f"{checkpoints} does not exist: --mode eval needs a trained run "
                             "(train it first with --mode train)")
   mngr = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoints} yet")
+  step = mngr.latest_step() if step is None else step
+  if step not in mngr.all_steps():
+    raise FileNotFoundError(f"no checkpoint {'yet' if step is None else f'of step {step}'} in "
+                            f"{checkpoints} (steps there: {list(mngr.all_steps())})")
   abstract = jax.eval_shape(functools.partial(
       train.create_train_state, config, model, jax.random.key(0), load_backbone=False))
   shardings = sharding.state_shardings(abstract, mesh, fsdp=config.train.fsdp)

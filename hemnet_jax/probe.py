@@ -59,7 +59,9 @@ def _unrolled(x_e, x_n, mu0, *, eta, temperature, kernel, e_step_grad):
 
 class GradientSplit(NamedTuple):
   n_step: jax.Array  # [T, B, N, C]: d loss / d X through the N-step of layer t (Eq. 17, left)
-  e_step: jax.Array  # [T, B, N, C]: through the E-step of layer t (Eq. 17, right)
+  # [T, B, N, C]: through the E-step of layer t (Eq. 17, right); layer T's includes the
+  # R-step's direct use of gamma^(T) (Eq. 10), usually the largest E-step part.
+  e_step: jax.Array
 
 
 def gradient_split(x, mu0, loss_fn, *, num_iters, eta, temperature, kernel="dot",
@@ -166,14 +168,13 @@ def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
   write_csv(out / "probe_totals.csv", totals)
 
   if not at_init:  # (d) over the run's checkpoints, at the run's own eta
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # only to list the steps
     mngr = ocp.CheckpointManager(workdir / "checkpoints",
                                  options=ocp.CheckpointManagerOptions(read_only=True))
     rows = []
     for step in mngr.all_steps():
-      raw = mngr.restore(step)
-      variables = {k: raw[k] for k in ("params", "batch_stats", "hem_bases")}
-      xs, m0 = capture(variables, images)
+      state, _ = evaluate.restore_state(config, model, workdir / "checkpoints", mesh, step)
+      xs, m0 = capture(state.variables(), images)
       _, _, total = layer_means(gradient_split(xs, m0, loss_fn, eta=config.hem.eta, **kw))
       rows.append({"step": int(step), "eta": config.hem.eta, "grad_x_total": total})
     write_csv(out / "probe_checkpoints.csv", rows)
