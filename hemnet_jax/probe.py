@@ -132,11 +132,14 @@ def _samples(config, num_samples):
   split = input_pipeline.load_split(config.data, config.data.train_split)
   if num_samples > split.num_examples:
     raise ValueError(f"--num_samples={num_samples}: the training split has {split.num_examples}")
+  # One padded size for all: at least the crop (VOC's 513 holds every image), or eval_size.
+  size = max(config.data.crop_size, config.data.get("eval_size") or 0)
   ex = [input_pipeline.eval_transform(split.source[i], multiple=config.model.output_stride,
-                                      min_size=config.data.crop_size) for i in range(num_samples)]
+                                      min_size=size) for i in range(num_samples)]
   shapes = {e["image"].shape for e in ex}
   if len(shapes) > 1:
-    raise ValueError(f"the probe's samples differ in size ({shapes}); set config.data.eval_size")
+    raise ValueError(f"the probe's samples differ in size ({shapes}): set config.data.eval_size "
+                     "to at least the largest")
   return jnp.asarray(np.stack([e["image"] for e in ex]))
 
 
@@ -157,10 +160,9 @@ def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
 
   mesh = sharding.make_mesh()
   if at_init:
-    state, steps = train.create_train_state(config, model, jax.random.key(config.seed)), [0]
+    state = train.create_train_state(config, model, jax.random.key(config.seed))
   else:
     state, _ = evaluate.restore_state(config, model, workdir / "checkpoints", mesh)
-    steps = None
   x, mu0 = capture(state.variables(), images)
   loss_fn = readout_loss(jax.random.key(seed), x.shape)
   layers, totals = probe_features(x, mu0, loss_fn, etas=etas, **kw)
