@@ -11,8 +11,10 @@ from helpers import ROOT, tiny_config, tiny_flags
 
 from hemnet_jax import sweep, train
 
-# A tiny model without the auxiliary head, one training step per cell, 4 validation images.
+# A tiny model (no auxiliary head, 7x7 stem, no ELBO logging: less to compile), one training
+# step per cell, 4 validation images.
 TINY_SWEEP = {"train.num_steps": 1, "train.checkpoint_every": 1, "model.aux_weight": 0.0,
+              "train.log_elbo": False, "model.stem": "torchvision",
               "data.eval_split": "validation[:4]", "data.eval_batch_size": 4}
 
 
