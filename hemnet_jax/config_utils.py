@@ -68,6 +68,12 @@ def default_config():
       log_elbo=True,  # per-iteration ELBO of the HEM unit in the summaries
       fsdp=False,  # shard parameters and optimizer state over the data axis
   )
+  # `--mode eval` (hemnet_jax/evaluate.py). T_eval is hem.num_iters_eval.
+  c.eval = dict(
+      multi_scale=False,  # average softmax probabilities over `scales` (EMANet's MS)
+      flip=False,  # also average the horizontally flipped image at each scale
+      scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),  # EMANet's; used when multi_scale
+  )
   return c
 
 
@@ -109,6 +115,8 @@ def validate(config):
   _check(t.dtype in ("float32", "bfloat16"), "train.dtype",
          f"must be 'float32' or 'bfloat16', got {t.dtype!r}")
   _check(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
+  _check(len(config.eval.scales) >= 1 and all(s > 0 for s in config.eval.scales), "eval.scales",
+         f"must be one or more positive scales, got {config.eval.scales!r}")
   for name in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every"):
     _check(t[name] >= 1, f"train.{name}", f"must be >= 1, got {t[name]}")
   return config

@@ -1,5 +1,8 @@
 r"""Entry point: `python -m hemnet_jax.main --config configs/demo.py --workdir DIR`.
 
+`--mode eval` evaluates the latest checkpoint in DIR instead of training (see
+hemnet_jax/evaluate.py: multi-scale + flip, T_eval via --config.hem.num_iters_eval).
+
 Any config field can be overridden, e.g. `--config.hem.eta=0.8 --config.train.num_steps=100`;
 `--config configs/voc.py:emanet` selects the EMANet baseline of a config.
 
@@ -15,6 +18,8 @@ from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints, summaries and results.json go here.")
 config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate), or only evaluate "
+                  "the latest checkpoint in --workdir with config.eval's protocol.")
 flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the cluster's "
                   "environment (TPU pod, SLURM).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for explicit set-ups.")
@@ -43,9 +48,13 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   initialize_distributed()
-  from hemnet_jax import train  # after flag parsing: a bad flag fails before JAX starts
+  # Imported after flag parsing: a bad flag fails before JAX starts.
+  from hemnet_jax import evaluate, train
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == "eval":
+      evaluate.run(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

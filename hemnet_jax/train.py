@@ -106,9 +106,10 @@ def eval_step(state, batch, *, num_classes):
   return metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
 
 
-def evaluate(state, model, split, config, mesh):
-  """Single-scale mIoU over `split`, with `model`'s T_eval."""
-  step = jax.jit(functools.partial(eval_step, num_classes=config.data.num_classes),
+def evaluate(state, model, split, config, mesh, step_fn=eval_step):
+  """mIoU over `split`, with `model`'s T_eval; single-scale unless `step_fn` (with
+  eval_step's signature) does otherwise, as hemnet_jax.evaluate's multi-scale step."""
+  step = jax.jit(functools.partial(step_fn, num_classes=config.data.num_classes),
                  out_shardings=sharding.replicated(mesh))
   state = state.replace(apply_fn=model.apply)
   # Each process reads every process_count-th example; its batches are filled with

@@ -2,7 +2,9 @@
 
 import os
 import pathlib
+import subprocess
 import tempfile
+import types
 
 # Many tests compile the same tiny programs, in this process and in subprocesses
 # (which inherit the environment): a per-session persistent compilation cache
@@ -13,7 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
-from helpers import tiny_config  # noqa: E402
+from helpers import ROOT, main_cmd, tiny_config, tiny_flags  # noqa: E402
 
 import hemnet_jax.datasets  # noqa: E402,F401  (registers the builders)
 from hemnet_jax import input_pipeline  # noqa: E402
@@ -37,3 +39,20 @@ def fake_voc(tmp_path_factory):
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(TESTDATA / "voc_aug")))
   return data_dir, TESTDATA / "voc_aug"
+
+
+# A 2-step tiny demo run (checkpoints at steps 1 and 2) evaluated on 4 validation images.
+TINY_RUN = {"train.num_steps": 2, "train.checkpoint_every": 1, "data.eval_split": "validation[:4]",
+            "data.eval_batch_size": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_dir, tmp_path_factory):
+  """The run's path, its config overrides (on top of helpers.TINY) and checkpoint steps."""
+  path = tmp_path_factory.mktemp("tiny_run")
+  # A subprocess with unoptimised XLA: it compiles about twice as fast as in this process.
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  res = subprocess.run(main_cmd(path, *tiny_flags(**TINY_RUN)), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr
+  return types.SimpleNamespace(path=path, overrides=TINY_RUN, steps=[1, 2])

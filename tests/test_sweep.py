@@ -1,0 +1,72 @@
+"""`python -m hemnet_jax.sweep` on a 2x2 subset of Table 1 with a tiny model, and Table 2."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, tiny_config, tiny_flags
+
+from hemnet_jax import sweep, train
+
+# A tiny model (no auxiliary head, 7x7 stem, no ELBO logging: less to compile), one training
+# step per cell, 4 validation images.
+TINY_SWEEP = {"train.num_steps": 1, "train.checkpoint_every": 1, "model.aux_weight": 0.0,
+              "train.log_elbo": False, "model.stem": "torchvision",
+              "data.eval_split": "validation[:4]", "data.eval_batch_size": 4}
+
+
+def test_two_by_two_subset_writes_table_1_and_table_2(data_dir, tmp_path, monkeypatch):
+  cmd = [sys.executable, "-m", "hemnet_jax.sweep", "--config=configs/demo.py",
+         f"--workdir={tmp_path}", "--t_train=1,2", "--etas=0.4,0.8", "--t_eval=3",
+         *tiny_flags(**TINY_SWEEP)]
+  # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr
+
+  rows = list(csv.reader(open(tmp_path / "table1.csv")))
+  assert rows[0] == ["T_train", "0.4", "0.8"] and [r[0] for r in rows[1:]] == ["1", "2"]
+  miou = {}
+  for r, t in zip(rows[1:], (1, 2)):
+    for value, eta in zip(r[1:], ("0.4", "0.8")):
+      cell = json.loads((tmp_path / f"T{t}_eta{eta}" / "results.json").read_text())
+      assert value == f"{100 * cell['miou']:.2f}" and cell["step"] == 1
+      config = json.loads((tmp_path / f"T{t}_eta{eta}" / "config.json").read_text())
+      assert (config["hem"]["num_iters"], config["hem"]["eta"]) == (t, float(eta))
+      miou[t, eta] = cell["miou"]
+  md = (tmp_path / "table1.md").read_text().splitlines()
+  assert md[2] == "| T_train \\ eta_train | 0.4 | 0.8 |" and len(md) == 6
+  for col, eta in ((2, "0.4"), (3, "0.8")):  # the best of each column, and only it, is bold
+    best = max((1, 2), key=lambda t: miou[t, eta])
+    bold = [int(line.split("|")[1]) for line in md[4:] if "**" in line.split("|")[col]]
+    assert best in bold and all(miou[t, eta] == miou[best, eta] for t in bold)
+
+  # Table 2: each column's best T_train run, evaluated at T_eval = 3 without retraining.
+  rows2 = list(csv.reader(open(tmp_path / "table2.csv")))
+  assert rows2[0] == ["T_eval", "0.4", "0.8"] and [r[0] for r in rows2[1:]] == ["3"]
+  for value, eta in zip(rows2[1][1:], ("0.4", "0.8")):
+    best = max((1, 2), key=lambda t: miou[t, eta])
+    out = json.loads((tmp_path / f"T{best}_eta{eta}" / "eval_ss_T3.json").read_text())
+    assert value == f"{100 * out['miou']:.2f}" and len(out["elbo_per_iter"]) == 3
+
+  # A second run of the same grid reads the finished cells: nothing trains again.
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("retrained a cell"))
+  again = sweep.sweep(tiny_config(data_dir, **TINY_SWEEP), tmp_path, t_trains=(1, 2),
+                      etas=(0.4, 0.8), t_evals=(3,))
+  assert again["table1"] == {(t, float(e)): m for (t, e), m in miou.items()}
+
+
+def test_voc_ablation_config_is_the_papers_ablation_setting():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("voc_ablation", ROOT / "configs" / "voc_ablation.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert (tuple(config.model.stage_sizes), config.model.output_stride) == ((3, 4, 6, 3), 16)
+  assert (config.data.name, config.hem.eta, config.hem.num_iters) == ("voc_aug", 0.5, 3)
+  emanet = sweep.cell_config(module.get_config(), 2, sweep.EMANET)
+  assert (emanet.hem.eta, emanet.hem.backprop, emanet.hem.num_iters) == (1.0, False, 2)
+  assert sweep.cell_name(2, sweep.EMANET) == "T2_emanet" and sweep.cell_name(4, 0.2) == "T4_eta0.2"
