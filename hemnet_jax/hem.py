@@ -70,6 +70,10 @@ def l2_normalize(mu):
   return mu / (_EPS_NORM + jnp.linalg.norm(mu, axis=-1, keepdims=True))
 
 
+# hem_iterations' `l2_normalize` flag shadows the function inside it.
+_normalize_bases = l2_normalize
+
+
 def elbo(x, mu, gamma, temperature):
   """Eq. 3 for the isotropic GMM with sigma^2 = temperature, constants dropped.
 
@@ -131,7 +135,7 @@ def hem_iterations(x, mu0, *, num_iters, eta, temperature, l2_normalize=False,
       gamma = jax.lax.stop_gradient(gamma)
     mu = n_step(x, gamma, mu, eta)  # Eq. 13
     if l2_normalize:
-      mu = globals()["l2_normalize"](mu)
+      mu = _normalize_bases(mu)
     return mu, (mu, gamma)
 
   mu, (mus, gammas) = jax.lax.scan(iteration, mu0, None, length=num_iters)

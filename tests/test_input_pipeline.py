@@ -1,11 +1,9 @@
 """The input pipeline on real-format data: decoding, augmentation, sharding, resuming, eval."""
 
-import itertools
 
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from hemnet_jax import config_utils, input_pipeline, metrics
 

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from hemnet_jax import input_pipeline, predict, train, visualize
+from hemnet_jax import predict, train, visualize
 from hemnet_jax.datasets import shapes
 from hemnet_jax.models.hem_unit import ATTENTION
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import hemnet_jax.datasets  # pylint: disable=unused-import  # Registers.
 from hemnet_jax.datasets import shapes
 
 S = shapes.IMAGE_SIZE

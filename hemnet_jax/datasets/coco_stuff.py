@@ -22,10 +22,10 @@ TEN_K = _archive.Download(
     "cocostuff-10k-v1.1.zip",
     f"https://github.com/nightrome/cocostuff10k (file: {_CALVIN}/cocostuff-10k-v1.1.zip)")
 TRAIN2017 = _archive.Download(
-    "train2017.zip", f"https://cocodataset.org/#download (file: "
+    "train2017.zip", "https://cocodataset.org/#download (file: "
     "http://images.cocodataset.org/zips/train2017.zip)", extracted="train2017")
 VAL2017 = _archive.Download(
-    "val2017.zip", f"https://cocodataset.org/#download (file: "
+    "val2017.zip", "https://cocodataset.org/#download (file: "
     "http://images.cocodataset.org/zips/val2017.zip)", extracted="val2017")
 MAPS = _archive.Download(
     "stuffthingmaps_trainval2017.zip", f"{_PAGE} (file: {_CALVIN}/stuffthingmaps_trainval2017.zip)")
