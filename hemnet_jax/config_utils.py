@@ -52,6 +52,7 @@ def default_config():
       kernel="dot",  # "dot" (Eq. 8) or "gaussian" (Eq. 7)
       mu0_momentum=0.9,
       renorm_mu0=False,  # as EMANet's release: mu0 is not renormalised after averaging
+      remat=False,  # True: recompute the iterations in the backward pass (memory flat in T)
   )
   c.train = dict(
       batch_size=16,  # global batch

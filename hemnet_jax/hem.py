@@ -103,7 +103,7 @@ class HEMOutput(NamedTuple):
 
 
 def hem_iterations(x, mu0, *, num_iters, eta, temperature, l2_normalize=False,
-                   backprop=True, kernel="dot", e_step_grad=True):
+                   backprop=True, kernel="dot", e_step_grad=True, remat=False):
   """T = num_iters unrolled HEM iterations (E-step, N-step) as one lax.scan.
 
   Args:
@@ -119,6 +119,9 @@ def hem_iterations(x, mu0, *, num_iters, eta, temperature, l2_normalize=False,
     kernel: "dot" (Eq. 8) or "gaussian" (Eq. 7), see `e_step`.
     e_step_grad: False cuts the E-step paths (gamma is a constant to autodiff),
       leaving only the N-step highways of Eqs. 14-18; used by gradient probes.
+    remat: recompute each iteration in the backward pass (jax.checkpoint) instead
+      of keeping its gamma [B, N, K]: memory then stays flat in T (only the carry
+      mu [B, K, C] is stored per iteration) for about one more E-step per iteration.
 
   Returns:
     HEMOutput with the final mu and gamma and the stacked per-iteration ones.
@@ -138,5 +141,7 @@ def hem_iterations(x, mu0, *, num_iters, eta, temperature, l2_normalize=False,
       mu = _normalize_bases(mu)
     return mu, (mu, gamma)
 
+  if remat:
+    iteration = jax.checkpoint(iteration)
   mu, (mus, gammas) = jax.lax.scan(iteration, mu0, None, length=num_iters)
   return HEMOutput(mu=mu, gamma=gammas[-1], mus=mus, gammas=gammas)

@@ -101,6 +101,15 @@ def train_step(state, batch, *, config):
   return state, out
 
 
+def jit_train_step(config, mesh, state_sharding, donate=True):
+  """train_step compiled for the mesh. Donating the state lets XLA update it in place:
+  without, every step holds two copies of parameters and momenta."""
+  return jax.jit(functools.partial(train_step, config=config),
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=0 if donate else ())
+
+
 def eval_step(state, batch, *, num_classes):
   logits, _ = state.apply_fn(state.variables(), batch["image"], train=False)
   return metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
@@ -184,10 +193,7 @@ def train_and_evaluate(config, workdir):
       train_split, config.data, batch_size=config.train.batch_size // jax.process_count(),
       seed=config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count())
-  p_train_step = jax.jit(functools.partial(train_step, config=config),
-                         in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                         out_shardings=(state_sharding, sharding.replicated(mesh)),
-                         donate_argnums=0)
+  p_train_step = jit_train_step(config, mesh, state_sharding)
   preemption, history, t_last = _Preemption(), [], time.time()
   for step in range(start + 1, num_steps + 1):
     state, step_metrics = p_train_step(state, sharding.shard_batch(next(batches), mesh))

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hemnet_jax import hem
+from hemnet_jax import hem, hem_vjp
+from hemnet_jax.models.layers import conv_general_dilated
 
 # The collection that holds mu0. It is not "params": the optimizer never sees it;
 # training moves it by a moving average instead (EMANet's mechanism).
@@ -43,6 +44,7 @@ class HEMUnit(nn.Module):
   kernel: str = "dot"
   mu0_momentum: float = 0.9
   renorm_mu0: bool = False  # EMANet's release does not renormalise mu0 after averaging
+  remat: bool = False  # recompute iterations in the backward pass: memory flat in T
   bn_momentum: float = 0.9997
   dtype: Any = jnp.float32
 
@@ -54,13 +56,21 @@ class HEMUnit(nn.Module):
     num_iters = self.num_iters if train or self.num_iters_eval is None else self.num_iters_eval
 
     idn = x
-    x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name="conv_in")(x)
+    x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name="conv_in",
+                conv_general_dilated=conv_general_dilated)(x)
     x = x.reshape(b, h * w, c)
-    out = hem.hem_iterations(x, mu0.value, num_iters=num_iters, eta=self.eta,
-                             temperature=temperature, l2_normalize=self.l2_normalize,
-                             backprop=self.backprop, kernel=self.kernel)
-    gamma, mu = out.gamma, out.mu  # constants to autodiff when backprop=False (EMANet)
-    x_tilde = hem.r_step(gamma, mu).astype(self.dtype).reshape(b, h, w, c)  # Eq. 10
+    if self.kernel == "dot" and self.backprop and not self.l2_normalize:
+      # HEMNet's case: the same math with a hand-written backward pass (hem_vjp.py).
+      x_tilde, out = hem_vjp.hem_attention(x, mu0.value, num_iters=num_iters, eta=self.eta,
+                                           temperature=temperature, remat=self.remat)
+    else:
+      out = hem.hem_iterations(x, mu0.value, num_iters=num_iters, eta=self.eta,
+                               temperature=temperature, l2_normalize=self.l2_normalize,
+                               backprop=self.backprop, kernel=self.kernel, remat=self.remat)
+      # gamma and mu are constants to autodiff when backprop=False (EMANet).
+      x_tilde = hem.r_step(out.gamma, out.mu)  # Eq. 10
+    gamma, mu = out.gamma, out.mu
+    x_tilde = x_tilde.astype(self.dtype).reshape(b, h, w, c)
 
     if self.is_mutable_collection(ATTENTION):
       self.sow(ATTENTION, "gamma", gamma.reshape(b, h, w, self.num_bases))
@@ -76,7 +86,8 @@ class HEMUnit(nn.Module):
       mu0.value = hem.l2_normalize(new) if self.renorm_mu0 else new
 
     y = nn.relu(x_tilde)
-    y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out")(y)
+    y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out",
+                conv_general_dilated=conv_general_dilated)(y)
     y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
                      dtype=self.dtype, name="bn_out")(y)
     return nn.relu(y + idn)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from hemnet_jax.models.hem_unit import HEMUnit
+from hemnet_jax.models.layers import conv_general_dilated
 from hemnet_jax.models.resnet import ResNet, conv
 
 
@@ -59,13 +60,15 @@ class HEMNet(nn.Module):
     y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name="hem")(y, train)
     y = conv(self.decoder_channels, 3, name="head_conv_out", dtype=self.dtype)(y)
     y = drop()(nn.relu(norm(name="head_bn_out")(y)))
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier",
+                     conv_general_dilated=conv_general_dilated)(y)
 
     aux = None
     if self.aux_weight > 0:
       a = conv(self.aux_channels, 3, name="aux_conv", dtype=self.dtype)(feats[2])
       a = drop()(nn.relu(norm(name="aux_bn")(a)))
-      aux = upsample(nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="aux_classifier")(a),
+      aux = upsample(nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="aux_classifier",
+                          conv_general_dilated=conv_general_dilated)(a),
                      images.shape[1:3])
     return upsample(logits, images.shape[1:3]), aux
 

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from hemnet_jax.models.layers import conv_general_dilated
+
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
@@ -21,6 +23,7 @@ def conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32, b
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                  kernel_dilation=dilation, use_bias=bias, dtype=dtype, name=name,
+                 conv_general_dilated=conv_general_dilated,  # 1x1 kernels as matmuls
                  kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
 
 

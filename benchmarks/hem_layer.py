@@ -1,0 +1,232 @@
+r"""The HEM unit's forward + backward: our JAX version against PyTorch, eager and compiled.
+
+  python -m benchmarks.hem_layer [--batch 2] [--reps 5] [--rounds 4] [--sections all]
+
+The unit is the paper's (1x1 conv in, T HEM iterations, R-step, ReLU, 1x1 conv + BN,
+residual, ReLU) at its shapes: N = 65 x 65 (OS 8 on 513 crops), C = 512, K = 64, T = 3,
+eta = 0.5, temperature sqrt(C), in training mode (batch statistics, mu0's moving
+average), with gradients to the parameters and to the input. The PyTorch version is
+written here the way the EMANet release writes it (NCHW, bmm), and runs in the same
+process on the same device, eager and under torch.compile.
+
+Sections (comma-separated, default all):
+  compare  JAX vs PyTorch eager vs torch.compile, and the fraction of the jnp.dot peak,
+           all interleaved in the same rounds;
+  eta      the highway's overhead: eta = 0.5 against eta = 1 (everything else equal);
+  depth    T = 1..16: time, and peak memory from the compiled executable's memory
+           analysis, without and with jax.checkpoint around each iteration.
+The last line is the summary:
+  summary: speedup_vs_eager=X speedup_vs_compile=Y peak_fraction=Z
+with speed-ups as PyTorch time / our time and Z = our matmul FLOP/s / jnp.dot's.
+
+FLOPs are counted from the shapes (the matmuls a forward and backward must do, the same
+count for both frameworks); XLA's own cost analysis is printed beside it.
+"""
+
+import argparse
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from hemnet_jax.models.hem_unit import HEMUnit
+
+
+def matmul_flops(batch, n, c, k, t):
+  """Forward + backward matmul FLOPs of the unit (gradients to params and input).
+
+  Forward: two 1x1 convs (2NC^2 each), per iteration an E-step and an M-step (2NKC
+  each), the R-step (2NKC). Backward: two matmuls per forward one.
+  """
+  forward = 2 * (2 * n * c * c) + (2 * t + 1) * (2 * n * k * c)
+  return 3 * forward * batch
+
+
+def jax_step(batch, hw, c, k, t, eta, remat=False, dtype=jnp.float32):
+  """A jitted fwd+bwd of our HEMUnit and its inputs: (fn, args)."""
+  unit = HEMUnit(num_bases=k, num_iters=t, eta=eta, bn_momentum=0.9, remat=remat, dtype=dtype)
+  x = jax.random.normal(jax.random.key(0), (batch, hw, hw, c), jnp.float32)
+  variables = unit.init(jax.random.key(1), x)
+  # Only the state training updates: the sown ELBO / attention collections stay off.
+  params = variables["params"]
+  state = {k_: variables[k_] for k_ in ("batch_stats", "hem_bases")}
+
+  def loss(params, x, state):
+    y, new_state = unit.apply({"params": params, **state}, x, train=True,
+                              mutable=list(state))
+    return jnp.mean(y.astype(jnp.float32)), new_state
+
+  grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+  return jax.jit(grad), (params, x, state)
+
+
+def torch_unit(c, k, t, eta, temperature):
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+
+  class HEMUnitTorch(nn.Module):
+    """EMANet's EMAU with the N-step (Eq. 13), NCHW as the release."""
+
+    def __init__(self):
+      super().__init__()
+      self.conv_in = nn.Conv2d(c, c, 1)
+      self.conv_out = nn.Conv2d(c, c, 1, bias=False)
+      self.bn = nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
+      mu0 = torch.randn(1, c, k) * math.sqrt(2.0 / k)
+      self.register_buffer("mu0", mu0 / (1e-6 + mu0.norm(dim=1, keepdim=True)))
+
+    def forward(self, x):
+      idn = x
+      x = self.conv_in(x)
+      b, _, h, w = x.shape
+      x = x.view(b, c, h * w)
+      mu = self.mu0.clone().expand(b, -1, -1)  # mu0 is updated in place below
+      for _ in range(t):
+        z = F.softmax(torch.bmm(x.transpose(1, 2), mu) / temperature, dim=2)  # [b, n, k]
+        z_ = z / (1e-6 + z.sum(dim=1, keepdim=True))
+        mu = (1 - eta) * mu + eta * torch.bmm(x, z_)
+      with torch.no_grad():
+        self.mu0.mul_(0.9).add_(0.1 * mu.mean(dim=0, keepdim=True))
+      x = torch.bmm(mu, z.transpose(1, 2)).view(b, c, h, w)
+      x = self.bn(self.conv_out(F.relu(x)))
+      return F.relu(x + idn)
+
+  return HEMUnitTorch()
+
+
+def torch_steps(batch, hw, c, k, t, eta):
+  """{'torch_eager': fn, 'torch_compile': fn}, each one warm fwd+bwd, and the compile time."""
+  import time
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  x = torch.randn(batch, c, hw, hw, requires_grad=True)
+  fns = {}
+  compile_s = None
+  for name in ("torch_eager", "torch_compile"):
+    module = torch_unit(c, k, t, eta, math.sqrt(c)).train()
+    fwd = torch.compile(module) if name == "torch_compile" else module
+
+    def step(fwd=fwd, module=module):
+      for p in module.parameters():
+        p.grad = None
+      x.grad = None
+      loss = fwd(x).mean()
+      loss.backward()
+      return loss
+    t0 = time.perf_counter()
+    for _ in range(3):
+      step()
+    if name == "torch_compile":
+      compile_s = time.perf_counter() - t0
+    fns[name] = step
+  return fns, compile_s
+
+
+def compiled_stats(fn, args):
+  compiled = fn.lower(*args).compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  peak = None
+  if mem is not None:
+    peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+            - mem.alias_size_in_bytes)
+  return compiled, peak, (cost or {}).get("flops")
+
+
+def section_compare(args, shape):
+  batch, hw, c, k, t = shape
+  step, inputs = jax_step(batch, hw, c, k, t, args.eta)
+  compiled, _, xla_flops = compiled_stats(step, inputs)
+  common.block(compiled(*inputs))
+  torch_fns, compile_s = torch_steps(batch, hw, c, k, t, args.eta)
+  print(f"torch.compile warm-up (compile + 3 steps): {compile_s:.1f} s")
+
+  n = 2048
+  a = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  common.block(dot(a, a))
+  fns = {"jax": lambda: compiled(*inputs), **torch_fns, "jnp.dot 2048": lambda: dot(a, a)}
+  sync = {name: (lambda r: r) for name in torch_fns}
+  times = common.interleaved(fns, args.reps, args.rounds, sync)
+  flops = matmul_flops(batch, hw * hw, c, k, t)
+  peak = 2.0 * n ** 3 / times["jnp.dot 2048"]
+  print(f"matmul FLOPs per fwd+bwd: {flops / 1e9:.2f} G counted; XLA cost analysis "
+        f"{xla_flops / 1e9 if xla_flops else float('nan'):.2f} G")
+  print(f"jnp.dot float32 peak (2048^3, same rounds): {common.gflops(peak)}")
+  for name in ("jax", "torch_eager", "torch_compile"):
+    print(f"{name:>14}: {times[name] * 1e3:8.1f} ms  {common.gflops(flops / times[name]):>18}  "
+          f"{flops / times[name] / peak:6.1%} of peak")
+  return dict(speedup_vs_eager=times["torch_eager"] / times["jax"],
+              speedup_vs_compile=times["torch_compile"] / times["jax"],
+              peak_fraction=flops / times["jax"] / peak)
+
+
+def section_eta(args, shape):
+  batch, hw, c, k, t = shape
+  fns = {}
+  for eta in (1.0, 0.5):
+    step, inputs = jax_step(batch, hw, c, k, t, eta)
+    compiled = step.lower(*inputs).compile()
+    common.block(compiled(*inputs))
+    fns[f"eta={eta}"] = (lambda compiled=compiled, inputs=inputs: compiled(*inputs))
+  times = common.interleaved(fns, args.reps, args.rounds)
+  overhead = times["eta=0.5"] / times["eta=1.0"] - 1.0
+  print(f"eta = 1: {times['eta=1.0'] * 1e3:.1f} ms, eta = 0.5: {times['eta=0.5'] * 1e3:.1f} ms; "
+        f"the highway's overhead: {overhead:+.1%}")
+
+
+def section_depth(args, shape):
+  batch, hw, c, k, _ = shape
+  print(f"{'T':>3} {'ms':>8} {'peak MiB':>9} | {'ms remat':>9} {'peak MiB remat':>15}")
+  base = {}
+  for t in (1, 2, 4, 8, 16):
+    row = []
+    for remat in (False, True):
+      step, inputs = jax_step(batch, hw, c, k, t, args.eta, remat=remat)
+      compiled, peak, _ = compiled_stats(step, inputs)
+      common.block(compiled(*inputs))
+      ms = common.time_call(lambda: compiled(*inputs), max(2, args.reps // 2)) * 1e3
+      base.setdefault(remat, peak)
+      row += [ms, peak / 2 ** 20, peak / base[remat]]
+    print(f"{t:>3} {row[0]:8.1f} {row[1]:9.1f} | {row[3]:9.1f} {row[4]:15.1f}   "
+          f"(peak vs T=1: {row[2]:.2f}x / {row[5]:.2f}x remat)")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--hw", type=int, default=65, help="feature map side (65: OS 8 on 513)")
+  parser.add_argument("--channels", type=int, default=512)
+  parser.add_argument("--bases", type=int, default=64)
+  parser.add_argument("--num_iters", type=int, default=3)
+  parser.add_argument("--eta", type=float, default=0.5)
+  parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=4)
+  parser.add_argument("--sections", default="compare,eta,depth")
+  args = parser.parse_args()
+  sections = args.sections.split(",")
+  shape = (args.batch, args.hw, args.channels, args.bases, args.num_iters)
+  print(common.banner())
+  print(f"HEM unit fwd+bwd: batch {args.batch}, N {args.hw}x{args.hw}, C {args.channels}, "
+        f"K {args.bases}, T {args.num_iters}, eta {args.eta}, float32")
+  summary = None
+  if "compare" in sections:
+    print("\n== compare: JAX vs PyTorch (median of reps, interleaved rounds)")
+    summary = section_compare(args, shape)
+  if "eta" in sections:
+    print("\n== eta: the highway's overhead")
+    section_eta(args, shape)
+  if "depth" in sections:
+    print("\n== depth: T = 1..16, time and peak memory (XLA memory analysis)")
+    section_depth(args, shape)
+  if summary:
+    print("summary: " + " ".join(f"{k}={v:.2f}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+  main()

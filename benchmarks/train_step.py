@@ -1,0 +1,102 @@
+r"""The full train step: images/s, model FLOPs utilisation and compile time.
+
+  python -m benchmarks.train_step                        # a size that fits this machine
+  python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's
+
+The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
+(C 512, K 64, T 3, eta 0.5), the auxiliary head, SGD with momentum, on random images
+and labels (no dataset needed). On a CPU the default crop and batch are small
+(129 x 129, batch 2, float32); on an accelerator they are the paper's (513, 16, bf16).
+
+MFU = XLA's cost-analysis FLOPs of one compiled step / step time / the jnp.dot peak
+(float32, or bfloat16 for a bfloat16 run) measured in the same run. Compile time is
+reported separately. --profile names where the step's time goes.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from hemnet_jax import sharding, train
+
+import configs.voc as voc
+
+
+def main():
+  accel = jax.devices()[0].platform != "cpu"
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--crop", type=int, default=513 if accel else 129)
+  parser.add_argument("--batch", type=int, default=16 if accel else 2, help="global batch")
+  parser.add_argument("--dtype", default="bfloat16" if accel else "float32")
+  parser.add_argument("--steps", type=int, default=10 if accel else 5)
+  parser.add_argument("--no_donate", action="store_true", help="do not donate the state")
+  parser.add_argument("--log_elbo", action="store_true", help="also compute the per-iteration ELBO")
+  parser.add_argument("--profile", action="store_true", help="name the top costs")
+  args = parser.parse_args()
+
+  config = voc.get_config()
+  config.data.crop_size = args.crop
+  config.train.batch_size = args.batch
+  config.train.dtype = args.dtype
+  config.train.log_elbo = args.log_elbo
+  print(common.banner())
+  print(f"train step: ResNet-101 OS {config.model.output_stride}, HEM C "
+        f"{config.model.head_channels} K {config.hem.num_bases} T {config.hem.num_iters}, crop "
+        f"{args.crop}, global batch {args.batch}, {args.dtype}, donate {not args.no_donate}")
+
+  mesh = sharding.make_mesh()
+  model = train.build_model(config)
+  state = train.create_train_state(config, model, jax.random.key(0), load_backbone=False)
+  state_sharding = sharding.state_shardings(state, mesh)
+  state = jax.device_put(state, state_sharding)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(args.batch, args.crop, args.crop, 3)).astype(np.float32),
+           "label": rng.integers(0, config.data.num_classes, (args.batch, args.crop, args.crop),
+                                 dtype=np.int32)}
+  batch = sharding.shard_batch(batch, mesh)
+  step = train.jit_train_step(config, mesh, state_sharding, donate=not args.no_donate)
+
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0))
+  state, out = compiled(state, batch)  # first call: allocation, not counted
+  common.block(out)
+
+  def call():
+    nonlocal state
+    state, o = compiled(state, batch)
+    return o
+
+  # The peak is measured interleaved with the steps, so both see the same machine.
+  peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  n = 2048
+  a = jax.random.normal(jax.random.key(1), (n, n), peak_dtype)
+  dot = jax.jit(jnp.dot)
+  common.block(dot(a, a))
+  times = common.interleaved({"step": call, "dot": lambda: dot(a, a)}, reps=1, rounds=args.steps)
+  step_s, peak = times["step"], 2.0 * n ** 3 / times["dot"]
+  print(f"compile: {compile_s:.1f} s")
+  print(f"step: {step_s * 1e3:.1f} ms (median of {args.steps} steps), "
+        f"{args.batch / step_s:.2f} images/s")
+  print(f"XLA cost analysis: {flops / 1e9:.1f} GFLOP per step, "
+        f"{common.gflops(flops / step_s)}")
+  print(f"{jnp.dtype(peak_dtype).name} jnp.dot peak: {common.gflops(peak)} (at {n}^3, same rounds)")
+  print(f"MFU: {flops / step_s / peak:.1%} of the measured peak")
+  if args.profile:
+    rows = common.profile_ops(call, compiled.as_text(), reps=2, top=8)
+    print("profile (share of summed op time):")
+    for name, ms, share in rows:
+      print(f"  {share:6.1%} {ms:9.1f} ms  {name}")
+  print(f"summary: images_per_s={args.batch / step_s:.2f} mfu={flops / step_s / peak:.3f} "
+        f"compile_s={compile_s:.1f}")
+
+
+if __name__ == "__main__":
+  main()

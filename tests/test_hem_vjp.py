@@ -1,0 +1,137 @@
+"""The hand-written backward pass of the HEM iterations, and the 1x1-conv-as-matmul layer."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hemnet_jax import hem, hem_vjp
+from hemnet_jax.models import hem_unit, layers
+
+
+def _assert_close_to_scale(got, want, tol):
+  """|got - want| <= tol * max|want| leaf by leaf: float32 sums cancel, so elementwise
+  relative errors of tiny entries say nothing; a wrong formula is off by O(1)."""
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    scale = float(jnp.abs(w).max())
+    assert scale > 0
+    assert float(jnp.abs(g - w).max()) <= tol * scale, (float(jnp.abs(g - w).max()), scale)
+
+
+def _reference(x, mu0, num_iters, eta, temperature):
+  """Autodiff of the plain functions: what hem_attention must equal."""
+  out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=eta, temperature=temperature)
+  return hem.r_step(out.gamma, out.mu), out.mus, out.gammas
+
+
+@pytest.mark.parametrize("num_iters,eta,remat,batched_mu0",
+                         [(1, 0.5, False, False), (3, 0.3, False, False), (3, 1.0, False, True),
+                          (3, 0.3, True, False), (4, 0.7, True, True)])
+def test_forward_and_every_cotangent_match_autodiff_in_float64(num_iters, eta, remat, batched_mu0):
+  with jax.enable_x64(True):
+    key = jax.random.key(num_iters)
+    x = jax.random.normal(key, (2, 40, 8), jnp.float64)
+    mu0 = jax.random.normal(jax.random.fold_in(key, 1), (2, 5, 8) if batched_mu0 else (5, 8),
+                            jnp.float64)
+
+    def fused(x, mu0):
+      x_tilde, out = hem_vjp.hem_attention(x, mu0, num_iters=num_iters, eta=eta,
+                                           temperature=2.0, remat=remat)
+      return x_tilde, out.mus, out.gammas
+
+    want, vjp_want = jax.vjp(lambda x, m: _reference(x, m, num_iters, eta, 2.0), x, mu0)
+    got, vjp_got = jax.vjp(fused, x, mu0)
+    for g, w in zip(got, want):
+      assert g.dtype == jnp.float64
+      np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+    # A random cotangent on every output, including the per-iteration mus and gammas.
+    cts = tuple(jax.random.normal(jax.random.fold_in(key, 10 + i), w.shape, w.dtype)
+                for i, w in enumerate(want))
+    for g, w in zip(vjp_got(cts), vjp_want(cts)):
+      assert g.dtype == jnp.float64
+      np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-13)
+
+
+def test_half_precision_input_gets_float32_attention():
+  x = jax.random.normal(jax.random.key(0), (1, 16, 8), jnp.bfloat16)
+  mu0 = jax.random.normal(jax.random.key(1), (4, 8))
+  x_tilde, out = hem_vjp.hem_attention(x, mu0, num_iters=2, eta=0.5, temperature=1.0)
+  assert x_tilde.dtype == out.gamma.dtype == jnp.float32
+  g = jax.grad(lambda x: hem_vjp.hem_attention(x, mu0, num_iters=2, eta=0.5,
+                                               temperature=1.0)[0].sum())(x)
+  assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
+
+
+def test_hem_unit_gradients_equal_those_of_the_autodiff_path(monkeypatch):
+  """The unit's HEMNet path uses hem_attention; swapping in autodiff changes no gradient
+  (float64 end to end, so the comparison is not float32 rounding)."""
+  with jax.enable_x64(True):
+    unit = hem_unit.HEMUnit(num_bases=6, num_iters=3, eta=0.5, bn_momentum=0.9,
+                            dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16), jnp.float64)
+    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
+                                       unit.init(jax.random.key(1), x))
+    state = {k: variables[k] for k in ("batch_stats", "hem_bases")}
+
+    def grads():
+      def loss(params, x):
+        y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
+        return jnp.sum(jnp.sin(y))
+      return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+
+    fast = grads()
+
+    def autodiff(x, mu0, *, num_iters, eta, temperature, remat=False):
+      out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=eta, temperature=temperature)
+      return hem.r_step(out.gamma, out.mu), out
+
+    monkeypatch.setattr(hem_unit.hem_vjp, "hem_attention", autodiff)
+    _assert_close_to_scale(fast, grads(), 1e-10)
+
+
+def test_remat_unit_matches_and_recomputes():
+  kw = dict(num_bases=6, num_iters=4, eta=0.5, bn_momentum=0.9)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16))
+  variables = hem_unit.HEMUnit(**kw).init(jax.random.key(1), x)
+  state = {k: variables[k] for k in ("batch_stats", "hem_bases")}
+
+  def grads(remat):
+    unit = hem_unit.HEMUnit(**kw, remat=remat)
+    def loss(params):
+      y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
+      return jnp.sum(y ** 2)
+    return jax.grad(loss)(variables["params"])
+
+  _assert_close_to_scale(grads(True), grads(False), 1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "SAME"), (1, 1, ((0, 0), (0, 0))),
+                                                    (1, 2, ((0, 0), (0, 0))), (3, 1, ((1, 1), (1, 1))),
+                                                    (3, 2, ((1, 1), (1, 1)))])
+def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 11, 5))
+  plain = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding)
+  fast = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding,
+                 conv_general_dilated=layers.conv_general_dilated)
+  v = plain.init(jax.random.key(1), x)
+  np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+  gp = jax.grad(lambda v, x: jnp.sum(plain.apply(v, x) ** 2), argnums=(0, 1))(v, x)
+  gf = jax.grad(lambda v, x: jnp.sum(fast.apply(v, x) ** 2), argnums=(0, 1))(v, x)
+  for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gp)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # 1x1 kernels become a matmul, anything else stays a convolution.
+  jaxpr = str(jax.make_jaxpr(lambda v, x: fast.apply(v, x))(v, x))
+  assert ("conv_general_dilated" in jaxpr) == (kernel != 1)
+  assert ("dot_general" in jaxpr) == (kernel == 1)
+
+
+def test_temperature_is_applied_as_in_eq_8():
+  """Folding the temperature into mu changes nothing: compare gamma with the plain E-step."""
+  x = jax.random.normal(jax.random.key(0), (1, 20, 8)) * 3
+  mu0 = jax.random.normal(jax.random.key(1), (4, 8))
+  for temperature in (1.0, math.sqrt(8.0), 10.0):
+    _, out = hem_vjp.hem_attention(x, mu0, num_iters=1, eta=1.0, temperature=temperature)
+    np.testing.assert_allclose(out.gamma, hem.e_step(x, mu0, temperature), rtol=1e-5, atol=1e-6)
