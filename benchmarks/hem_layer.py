@@ -14,7 +14,9 @@ Sections (comma-separated, default all):
            all interleaved in the same rounds;
   eta      the highway's overhead: eta = 0.5 against eta = 1 (everything else equal);
   depth    T = 1..16: time, and peak memory from the compiled executable's memory
-           analysis, without and with jax.checkpoint around each iteration.
+           analysis, without and with jax.checkpoint around each iteration;
+  ablation each optimisation of the unit switched off in turn, before / after in one
+           run (not in the default: `--sections ablation`).
 The last line is the summary:
   summary: speedup_vs_eager=X speedup_vs_compile=Y peak_fraction=Z
 with speed-ups as PyTorch time / our time and Z = our matmul FLOP/s / jnp.dot's.
@@ -197,6 +199,44 @@ def section_depth(args, shape):
           f"(peak vs T=1: {row[2]:.2f}x / {row[5]:.2f}x remat)")
 
 
+def _autodiff_attention(x, mu0, *, num_iters, eta, temperature, remat=False):
+  """Before hem_vjp: jax.grad through hem.hem_iterations' scan, then the R-step."""
+  from hemnet_jax import hem
+  out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=eta, temperature=temperature,
+                           remat=remat)
+  return hem.r_step(out.gamma, out.mu), out
+
+
+def section_ablation(args, shape):
+  """The unit as it was before each optimisation, against the unit as it is."""
+  from jax import lax
+  from hemnet_jax import hem_vjp
+  from hemnet_jax.models import hem_unit
+  batch, hw, c, k, t = shape
+  variants = {
+      "as is": {},
+      "autodiff backward (no hem_vjp)": {"attention": _autodiff_attention},
+      "1x1 convs as XLA convolutions": {"conv": lax.conv_general_dilated},
+      "both (the starting point)": {"attention": _autodiff_attention,
+                                    "conv": lax.conv_general_dilated},
+  }
+  fns = {}
+  attention, conv = hem_vjp.hem_attention, hem_unit.conv_general_dilated
+  for name, patch in variants.items():
+    hem_vjp.hem_attention = patch.get("attention", attention)
+    hem_unit.conv_general_dilated = patch.get("conv", conv)
+    try:
+      step, inputs = jax_step(batch, hw, c, k, t, args.eta)
+      compiled = step.lower(*inputs).compile()  # traced here, with the patch in place
+    finally:
+      hem_vjp.hem_attention, hem_unit.conv_general_dilated = attention, conv
+    common.block(compiled(*inputs))
+    fns[name] = (lambda compiled=compiled, inputs=inputs: compiled(*inputs))
+  times = common.interleaved(fns, args.reps, args.rounds)
+  for name, s in times.items():
+    print(f"{name:>32}: {s * 1e3:8.1f} ms  ({times['as is'] / s:.2f}x the speed of the unit as is)")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=2)
@@ -224,6 +264,9 @@ def main():
   if "depth" in sections:
     print("\n== depth: T = 1..16, time and peak memory (XLA memory analysis)")
     section_depth(args, shape)
+  if "ablation" in sections:
+    print("\n== ablation: before / after each optimisation (interleaved)")
+    section_ablation(args, shape)
   if summary:
     print("summary: " + " ".join(f"{k}={v:.2f}" for k, v in summary.items()))
 
