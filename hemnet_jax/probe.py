@@ -20,8 +20,11 @@ segmentation-loss gradients. It writes, under <workdir>/probe (or --out):
                     E-step of layer t, and the N-step one with the E-step paths cut;
   probe_totals.csv  eta, total mean |grad X|, E-step / N-step ratio;
   probe_checkpoints.csv  (d) over the run's checkpoints at the config's eta (those kept:
-                    raise train.keep_checkpoints to keep one every checkpoint_every steps).
-PNG plots are not made: matplotlib is not a dependency of this project.
+                    raise train.keep_checkpoints to keep one every checkpoint_every steps);
+and the plots of those CSVs (hemnet_jax/plots.py; `python -m hemnet_jax.plots DIR` re-makes
+them from the CSVs alone): fig3a_elbo.png, fig3b_grad_n_step.png, fig3c_grad_e_step.png (one
+line per eta over the layers t, (b) and (c) on a log axis), fig3d_grad_checkpoints.png (for a
+run) and figure3.png, all of them side by side.
 """
 
 import csv
@@ -160,9 +163,10 @@ def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
 
   mesh = sharding.make_mesh()
   if at_init:
-    state = train.create_train_state(config, model, jax.random.key(config.seed))
+    state, when = train.create_train_state(config, model, jax.random.key(config.seed)), "at init"
   else:
-    state, _ = evaluate.restore_state(config, model, workdir / "checkpoints", mesh)
+    state, latest = evaluate.restore_state(config, model, workdir / "checkpoints", mesh)
+    when = f"after {latest} steps"
   x, mu0 = capture(state.variables(), images)
   loss_fn = readout_loss(jax.random.key(seed), x.shape)
   layers, totals = probe_features(x, mu0, loss_fn, etas=etas, **kw)
@@ -180,6 +184,9 @@ def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
       _, _, total = layer_means(gradient_split(xs, m0, loss_fn, eta=config.hem.eta, **kw))
       rows.append({"step": int(step), "eta": config.hem.eta, "grad_x_total": total})
     write_csv(out / "probe_checkpoints.csv", rows)
+  from hemnet_jax import plots
+  title = f"{when}: {num_samples} training images, T = {config.hem.num_iters}"
+  plots.save(plots.figure_3(layers, None if at_init else rows, title), out)
   for r in totals:
     print(f"eta {r['eta']}: total mean |grad X| {r['grad_x_total']:.3e}, "
           f"E-step / N-step {r['e_step_over_n_step']:.3e}", flush=True)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ROOT, tiny_flags
+from test_plots import read_png
 
 from hemnet_jax import hem, probe
 
@@ -146,3 +147,8 @@ def test_command_line_probes_a_run(data_dir, tiny_run, tmp_path):
   assert float(layers[3]["grad_x_n_step_e_cut"]) == 0  # eta = 1, layer 1 of 3: no highway
   assert len(totals) == 2 and "E-step / N-step" in res.stdout
   assert [int(r["step"]) for r in ckpts] == tiny_run.steps
+  # Figure 3's PNGs next to the CSVs, at the plots' size (4.5 x 3.5 inches at 100 dpi).
+  for name in ("fig3a_elbo.png", "fig3b_grad_n_step.png", "fig3c_grad_e_step.png",
+               "fig3d_grad_checkpoints.png"):
+    assert read_png(tmp_path / name) == (450, 350)
+  assert read_png(tmp_path / "figure3.png") == (4 * 450, 360)  # (a)-(d) side by side
