@@ -16,7 +16,8 @@ Sections (comma-separated, default all):
   depth    T = 1..16: time, and peak memory from the compiled executable's memory
            analysis, without and with jax.checkpoint around each iteration;
   ablation each optimisation of the unit switched off in turn, before / after in one
-           run (not in the default: `--sections ablation`).
+           run (not in the default: `--sections ablation`);
+  profile  where the JAX unit's time goes, by XLA op (not in the default).
 The last line is the summary:
   summary: speedup_vs_eager=X speedup_vs_compile=Y peak_fraction=Z
 with speed-ups as PyTorch time / our time and Z = our matmul FLOP/s / jnp.dot's.
@@ -271,6 +272,15 @@ def main():
   if "ablation" in sections:
     print("\n== ablation: before / after each optimisation (interleaved)")
     section_ablation(args, shape)
+  if "profile" in sections:
+    print("\n== profile: the JAX unit by XLA op (share of summed op time)")
+    batch, hw, c, k, t = shape
+    step, inputs = jax_step(batch, hw, c, k, t, args.eta)
+    compiled = step.lower(*inputs).compile()
+    common.block(compiled(*inputs))
+    for name, ms, share in common.profile_ops(lambda: compiled(*inputs), compiled.as_text(),
+                                              reps=3, top=10):
+      print(f"  {share:6.1%} {ms:8.1f} ms  {name}")
   if summary:
     print("summary: " + " ".join(f"{k}={v:.2f}" for k, v in summary.items()))
 
