@@ -1,5 +1,6 @@
 """The hand-written backward pass of the HEM iterations, and the 1x1-conv-as-matmul layer."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -111,11 +112,13 @@ def test_remat_unit_matches_and_recomputes():
 @pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "SAME"), (1, 1, ((0, 0), (0, 0))),
                                                     (1, 2, ((0, 0), (0, 0))), (3, 1, ((1, 1), (1, 1))),
                                                     (3, 2, ((1, 1), (1, 1)))])
-def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding):
+@pytest.mark.parametrize("row_major_weight_grad", [False, True])
+def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding, row_major_weight_grad):
   x = jax.random.normal(jax.random.key(0), (2, 9, 11, 5))
   plain = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding)
-  fast = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding,
-                 conv_general_dilated=layers.conv_general_dilated)
+  conv = functools.partial(layers.conv_general_dilated,
+                           row_major_weight_grad=row_major_weight_grad)
+  fast = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding, conv_general_dilated=conv)
   v = plain.init(jax.random.key(1), x)
   np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
   gp = jax.grad(lambda v, x: jnp.sum(plain.apply(v, x) ** 2), argnums=(0, 1))(v, x)

@@ -1,5 +1,6 @@
 """The HEM unit: EMANet's EM attention unit with the M-step replaced by the N-step."""
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -56,8 +57,10 @@ class HEMUnit(nn.Module):
     num_iters = self.num_iters if train or self.num_iters_eval is None else self.num_iters_eval
 
     idn = x
+    # 1x1 convs as matmuls whose weight gradient is a row-major GEMM (models/layers.py).
+    conv1x1 = functools.partial(conv_general_dilated, row_major_weight_grad=True)
     x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name="conv_in",
-                conv_general_dilated=conv_general_dilated)(x)
+                conv_general_dilated=conv1x1)(x)
     x = x.reshape(b, h * w, c)
     if self.kernel == "dot" and self.backprop and not self.l2_normalize:
       # HEMNet's case: the same math with a hand-written backward pass (hem_vjp.py).
@@ -87,7 +90,7 @@ class HEMUnit(nn.Module):
 
     y = nn.relu(x_tilde)
     y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out",
-                conv_general_dilated=conv_general_dilated)(y)
+                conv_general_dilated=conv1x1)(y)
     y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
                      dtype=self.dtype, name="bn_out")(y)
     return nn.relu(y + idn)

@@ -21,8 +21,9 @@ def _pointwise_bwd(saved, d_y):
   # d w = x^T d_y contracts the long pixel axis of both. Left to itself, XLA:CPU runs
   # that as a transposed-operand dot outside its fast GEMM fusions, concurrently with
   # them; an explicit, materialised x^T (the barrier keeps XLA from folding it back)
-  # makes it a plain row-major GEMM: 15 % off two 1x1 convs' forward + backward at
-  # 65 x 65 x 512 (BENCHMARKS.md).
+  # makes it a plain row-major GEMM. Measured both ways (BENCHMARKS.md): 11 % off the
+  # HEM unit at 65 x 65 x 512, but 50 % onto ResNet-101's train step at 129 crops, so
+  # only the HEM unit asks for it.
   x_t = lax.optimization_barrier(x2.T)
   d_w = jnp.dot(x_t, d_y2).astype(w.dtype)
   d_x = jnp.dot(d_y2, w.T.astype(d_y2.dtype)).reshape(x.shape).astype(x.dtype)
@@ -48,7 +49,7 @@ def _is_zero_padding(padding):
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs):
+                         precision=None, row_major_weight_grad=False, **kwargs):
   """`lax.conv_general_dilated` for Flax's channels-last nn.Conv, 1x1 kernels as a matmul.
 
   A 1x1 convolution is a matmul over channels; written as one, XLA runs it (and, above
@@ -70,7 +71,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   sh, sw = window_strides
   if (sh, sw) != (1, 1):
     lhs = lhs[:, ::sh, ::sw, :]
-  if precision is not None:
-    return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0], precision=precision)
-  return pointwise(lhs, rhs[0, 0])
+  if row_major_weight_grad and precision is None:
+    return pointwise(lhs, rhs[0, 0])
+  return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0], precision=precision)
 
