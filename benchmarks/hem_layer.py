@@ -217,13 +217,15 @@ def section_ablation(args, shape):
   def einsum_conv(lhs, rhs, *args, **kwargs):  # a 1x1 matmul, autodiff's weight gradient
     return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
 
+  def xla_conv(*args, row_major_weight_grad=False, **kwargs):
+    return lax.conv_general_dilated(*args, **kwargs)
+
   variants = {
       "as is": {},
       "autodiff HEM backward (no hem_vjp)": {"attention": _autodiff_attention},
       "1x1 convs: einsum, autodiff d W": {"conv": einsum_conv},
-      "1x1 convs as XLA convolutions": {"conv": lax.conv_general_dilated},
-      "none of them (the starting point)": {"attention": _autodiff_attention,
-                                            "conv": lax.conv_general_dilated},
+      "1x1 convs as XLA convolutions": {"conv": xla_conv},
+      "none of them (the starting point)": {"attention": _autodiff_attention, "conv": xla_conv},
   }
   fns = {}
   attention, conv = hem_vjp.hem_attention, hem_unit.conv_general_dilated
