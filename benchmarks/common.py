@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 
@@ -26,7 +27,7 @@ def banner():
   lines = [f"device: {dev.platform} {dev.device_kind} x{jax.device_count()}",
            f"host: {cpu}, {os.cpu_count()} CPUs visible",
            f"versions: python {platform.python_version()}, jax {jax.__version__}, "
-           f"jaxlib {jax.lib.__version__ if hasattr(jax.lib, '__version__') else '?'}, "
+           f"jaxlib {jaxlib.__version__}, "
            f"numpy {np.__version__}"]
   return "\n".join(lines)
 

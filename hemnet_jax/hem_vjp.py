@@ -6,14 +6,16 @@ through the iterations); only the backward pass differs, and it is tested agains
 `jax.grad` of the plain functions in float64.
 
 Why: autodiff of the scan leaves, per iteration, two [B, N, C] gradient terms to X
-(one from the M-step, one from the E-step) that are added one by one, and a
-transposed copy of X for each of them. Written out, the backward pass is
+(one from the M-step, one from the E-step) that are added one by one. Written out, the
+backward pass is
 
   d mu^(t-1) = (1 - eta) d mu^(t) + (E-step term)            (Eqs. 14-18, the highway)
-  d X        = sum_t [gamma_bar^(t) | d logits^(t)] [eta d mu^(t) ; mu^(t-1) / temperature]
+  d X        = sum_t [gamma_bar^(t) | d logits^(t)] [eta d mu^(t) ; mu^(t-1)]
 
-and the second line is ONE matmul with inner size 2KT, done once at the end instead
-of 2T thin ones plus 2T additions over [B, N, C]. benchmarks/hem_layer.py measures it.
+(d logits with the 1 / temperature of Eq. 8 in it), and the second line is ONE matmul
+with inner size 2KT, done once at the end instead of 2T thin ones plus 2T additions
+over [B, N, C]; EMANet's normaliser term is summed over K x C instead of the pixels.
+`python -m benchmarks.hem_layer --sections ablation` measures it (BENCHMARKS.md).
 """
 
 import functools

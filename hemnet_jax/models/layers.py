@@ -22,7 +22,7 @@ def _pointwise_bwd(saved, d_y):
   # that as a transposed-operand dot outside its fast GEMM fusions, concurrently with
   # them; an explicit, materialised x^T (the barrier keeps XLA from folding it back)
   # makes it a plain row-major GEMM. Measured both ways (BENCHMARKS.md): 11 % off the
-  # HEM unit at 65 x 65 x 512, but 50 % onto ResNet-101's train step at 129 crops, so
+  # HEM unit at 65 x 65 x 512, but 45 % onto ResNet-101's train step at 129 crops, so
   # only the HEM unit asks for it.
   x_t = lax.optimization_barrier(x2.T)
   d_w = jnp.dot(x_t, d_y2).astype(w.dtype)
@@ -55,7 +55,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   A 1x1 convolution is a matmul over channels; written as one, XLA runs it (and, above
   all, its weight gradient, which it otherwise lowers to a convolution with an
   H x W window) through its GEMM: on a 2-core CPU the HEM unit's two 1x1 convs at
-  65 x 65 x 512 run forward + backward about 2.4x faster (benchmarks/BENCHMARKS.md).
+  65 x 65 x 512 run forward + backward about 2.4x faster (BENCHMARKS.md).
   A strided 1x1 kernel (ResNet's downsampling shortcut) is the matmul of the strided
   input. Anything else goes to XLA's convolution unchanged.
   """
@@ -74,4 +74,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if row_major_weight_grad and precision is None:
     return pointwise(lhs, rhs[0, 0])
   return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0], precision=precision)
-
