@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from hemnet_jax import host_memory
+
 
 def banner():
   """Device, CPU and versions, printed at the top of every benchmark."""
@@ -28,7 +30,9 @@ def banner():
            f"host: {cpu}, {os.cpu_count()} CPUs visible",
            f"versions: python {platform.python_version()}, jax {jax.__version__}, "
            f"jaxlib {jaxlib.__version__}, "
-           f"numpy {np.__version__}"]
+           f"numpy {np.__version__}",
+           "host malloc: " + ("freed memory kept (hemnet_jax/host_memory.py)" if host_memory.ACTIVE
+                              else "glibc's default (HEMNET_REUSE_HOST_MEMORY=0, or not glibc)")]
   return "\n".join(lines)
 
 

@@ -30,6 +30,11 @@ import argparse
 import math
 import os
 
+from hemnet_jax import host_memory
+
+# As training runs (hemnet_jax/main.py): set before JAX starts its threads.
+host_memory.reuse_freed_memory()
+
 import jax
 import jax.numpy as jnp
 

@@ -16,6 +16,11 @@ reported separately. --profile names where the step's time goes.
 import argparse
 import time
 
+from hemnet_jax import host_memory
+
+# As training runs (hemnet_jax/main.py): set before JAX starts its threads.
+host_memory.reuse_freed_memory()
+
 import jax
 import jax.numpy as jnp
 import numpy as np

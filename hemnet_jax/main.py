@@ -16,6 +16,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hemnet_jax import host_memory
+
 flags.DEFINE_string("workdir", None, "Checkpoints, summaries and results.json go here.")
 config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate), or only evaluate "
@@ -45,6 +47,7 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  host_memory.reuse_freed_memory()  # before JAX starts: XLA's scratch is not re-faulted each step
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   initialize_distributed()

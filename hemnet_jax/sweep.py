@@ -20,7 +20,7 @@ import sys
 
 from etils import epath
 
-from hemnet_jax import config_utils
+from hemnet_jax import config_utils, host_memory
 
 EMANET = "EMANet (1.0)"
 
@@ -124,6 +124,7 @@ def _ints(text):
 def main(argv):
   from absl import flags
   f = flags.FLAGS
+  host_memory.reuse_freed_memory()  # before JAX starts, as hemnet_jax.main
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
