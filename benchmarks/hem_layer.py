@@ -219,21 +219,26 @@ def section_ablation(args, shape):
   from hemnet_jax import hem_vjp
   from hemnet_jax.models import hem_unit
   batch, hw, c, k, t = shape
+  attention, conv = hem_vjp.hem_attention, hem_unit.conv_general_dilated
+
   def einsum_conv(lhs, rhs, *args, **kwargs):  # a 1x1 matmul, autodiff's weight gradient
     return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
 
-  def xla_conv(*args, row_major_weight_grad=False, **kwargs):
+  def xla_conv(*args, row_major_weight_grad=False, lhs_t=None, **kwargs):
     return lax.conv_general_dilated(*args, **kwargs)
+
+  def transposing_conv(*args, lhs_t=None, **kwargs):  # conv_out's dW from a transpose
+    return conv(*args, **kwargs)
 
   variants = {
       "as is": {},
+      "conv_out dW from a transpose": {"conv": transposing_conv},
       "autodiff HEM backward (no hem_vjp)": {"attention": _autodiff_attention},
       "1x1 convs: einsum, autodiff d W": {"conv": einsum_conv},
       "1x1 convs as XLA convolutions": {"conv": xla_conv},
       "none of them (the starting point)": {"attention": _autodiff_attention, "conv": xla_conv},
   }
   fns = {}
-  attention, conv = hem_vjp.hem_attention, hem_unit.conv_general_dilated
   for name, patch in variants.items():
     hem_vjp.hem_attention = patch.get("attention", attention)
     hem_unit.conv_general_dilated = patch.get("conv", conv)

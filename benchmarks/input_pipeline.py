@@ -17,6 +17,11 @@ import os
 import pstats
 import time
 
+from hemnet_jax import host_memory
+
+# As training runs (hemnet_jax/main.py): set before JAX starts its threads.
+host_memory.reuse_freed_memory()
+
 import ml_collections
 import numpy as np
 from PIL import Image

@@ -93,6 +93,32 @@ def test_hem_unit_gradients_equal_those_of_the_autodiff_path(monkeypatch):
     _assert_close_to_scale(fast, grads(), 1e-10)
 
 
+def test_hem_unit_gradients_equal_those_with_xla_convolutions(monkeypatch):
+  """The 1x1 convs' hand-made weight gradients (a row-major GEMM for conv_in, the R-step's
+  channels-first copy for conv_out) against XLA's own convolutions, in float64."""
+  with jax.enable_x64(True):
+    unit = hem_unit.HEMUnit(num_bases=6, num_iters=2, eta=0.5, bn_momentum=0.9,
+                            dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 16), jnp.float64)
+    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
+                                       unit.init(jax.random.key(1), x))
+    state = {k: variables[k] for k in ("batch_stats", "hem_bases")}
+
+    def grads():
+      def loss(params, x):
+        y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
+        return jnp.sum(jnp.sin(y))
+      return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+
+    fast = grads()
+    monkeypatch.setattr(hem_unit, "conv_general_dilated",
+                        lambda *a, row_major_weight_grad=False, lhs_t=None, **k:
+                        jax.lax.conv_general_dilated(*a, **k))
+    slow = grads()
+    assert set(fast[0]) >= {"conv_in", "conv_out"}
+    _assert_close_to_scale(fast, slow, 1e-10)
+
+
 def test_remat_unit_matches_and_recomputes():
   kw = dict(num_bases=6, num_iters=4, eta=0.5, bn_momentum=0.9)
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16))
@@ -112,8 +138,10 @@ def test_remat_unit_matches_and_recomputes():
 @pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "SAME"), (1, 1, ((0, 0), (0, 0))),
                                                     (1, 2, ((0, 0), (0, 0))), (3, 1, ((1, 1), (1, 1))),
                                                     (3, 2, ((1, 1), (1, 1)))])
-@pytest.mark.parametrize("row_major_weight_grad", [False, True])
-def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding, row_major_weight_grad):
+@pytest.mark.parametrize("row_major_weight_grad,given_transpose",
+                         [(False, False), (True, False), (True, True)])
+def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding, row_major_weight_grad,
+                                               given_transpose):
   x = jax.random.normal(jax.random.key(0), (2, 9, 11, 5))
   plain = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding)
   conv = functools.partial(layers.conv_general_dilated,
@@ -121,6 +149,10 @@ def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding, row_majo
   fast = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding, conv_general_dilated=conv)
   v = plain.init(jax.random.key(1), x)
   np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+  if given_transpose and kernel == 1 and stride == 1:  # lhs_t: x channels-first
+    conv = functools.partial(conv, lhs_t=x.reshape(2, -1, 5).transpose(0, 2, 1))
+    fast = nn.Conv(8, (kernel, kernel), strides=stride, padding=padding,
+                   conv_general_dilated=conv)
   gp = jax.grad(lambda v, x: jnp.sum(plain.apply(v, x) ** 2), argnums=(0, 1))(v, x)
   gf = jax.grad(lambda v, x: jnp.sum(fast.apply(v, x) ** 2), argnums=(0, 1))(v, x)
   for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gp)):

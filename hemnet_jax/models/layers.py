@@ -33,6 +33,32 @@ def _pointwise_bwd(saved, d_y):
 pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+@jax.custom_vjp
+def pointwise_given_transpose(x, x_t, w):
+  """pointwise(x, w) for x [B, ..., C], whose weight gradient reads x_t [B, C, prod(...)].
+
+  x_t must be x channels-first (it gets no gradient): for a caller that has a cheaper
+  way to make it than transposing x, e.g. the HEM unit's R-step, whose output comes
+  from a matmul that can just as well write it channels-first.
+  """
+  return jnp.einsum("...c,cd->...d", x, w)
+
+
+def _pointwise_given_transpose_fwd(x, x_t, w):
+  return pointwise_given_transpose(x, x_t, w), (x_t, w)
+
+
+def _pointwise_given_transpose_bwd(saved, d_y):
+  x_t, w = saved
+  d_y3 = d_y.reshape(d_y.shape[0], -1, d_y.shape[-1])
+  d_w = jnp.einsum("bcn,bnd->cd", x_t.astype(d_y.dtype), d_y3).astype(w.dtype)
+  d_x = jnp.dot(d_y, w.T.astype(d_y.dtype))
+  return d_x, jnp.zeros_like(x_t), d_w
+
+
+pointwise_given_transpose.defvjp(_pointwise_given_transpose_fwd, _pointwise_given_transpose_bwd)
+
+
 def _is_channels_last(dimension_numbers):
   """Flax's nn.Conv layout: NHWC inputs, HWIO kernels, NHWC outputs."""
   if dimension_numbers is None:
@@ -49,7 +75,7 @@ def _is_zero_padding(padding):
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, row_major_weight_grad=False, **kwargs):
+                         precision=None, row_major_weight_grad=False, lhs_t=None, **kwargs):
   """`lax.conv_general_dilated` for Flax's channels-last nn.Conv, 1x1 kernels as a matmul.
 
   A 1x1 convolution is a matmul over channels; written as one, XLA runs it (and, above
@@ -57,7 +83,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   H x W window) through its GEMM: on a 2-core CPU the HEM unit's two 1x1 convs at
   65 x 65 x 512 run forward + backward about 2.4x faster (BENCHMARKS.md).
   A strided 1x1 kernel (ResNet's downsampling shortcut) is the matmul of the strided
-  input. Anything else goes to XLA's convolution unchanged.
+  input. Anything else goes to XLA's convolution unchanged. `row_major_weight_grad` and
+  `lhs_t` (lhs channels-first, [B, C, H * W]) choose how the weight gradient is formed
+  (`pointwise`, `pointwise_given_transpose`).
   """
   one_by_one = (lhs.ndim == 4 and rhs.ndim == 4 and rhs.shape[:2] == (1, 1)
                 and _is_channels_last(dimension_numbers) and feature_group_count == 1
@@ -71,6 +99,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   sh, sw = window_strides
   if (sh, sw) != (1, 1):
     lhs = lhs[:, ::sh, ::sw, :]
+  if lhs_t is not None and (sh, sw) == (1, 1) and precision is None:
+    return pointwise_given_transpose(lhs, lhs_t, rhs[0, 0])
   if row_major_weight_grad and precision is None:
     return pointwise(lhs, rhs[0, 0])
   return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0], precision=precision)
