@@ -5,11 +5,12 @@ forward + backward at the paper's shapes, about 1 GiB for a ResNet-101 train ste
 frees it at the end. glibc serves a request that large from a fresh mmap and unmaps it
 on free, so every call page-faults the whole buffer in again: 39 000 faults and a fifth
 of the CPU time in the kernel for the HEM unit (BENCHMARKS.md). With mmap off and one
-arena, glibc keeps the memory on its heap and the next call reuses it: no faults, and
-the HEM unit's step goes from 171 to 130 ms on a 2-core CPU.
+arena, glibc keeps the memory on its heap and later calls reuse it: the HEM unit's step
+goes from about 165 to 130 ms on a 2-core CPU.
 
 The cost: memory freed by the process is not given back to the system until it exits,
-so the resident size stays at its peak. Set HEMNET_REUSE_HOST_MEMORY=0 to leave glibc as
+and the heap fragments: now and then a call grows it by a new buffer instead of reusing
+the freed one (4 of 40 calls of the HEM unit; its resident size went from 758 to 982 MiB). Set HEMNET_REUSE_HOST_MEMORY=0 to leave glibc as
 it is. Without glibc (macOS, musl) this does nothing.
 """
 
