@@ -66,23 +66,29 @@ def test_half_precision_input_gets_float32_attention():
   assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
 
 
+def _unit_grads_float64(unit, shape):
+  """d sum(sin(unit(x))) / d (params, x) in training mode, float64 end to end, as a
+  function of no arguments, so a test can call it again after monkeypatching."""
+  x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+  variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
+                                     unit.init(jax.random.key(1), x))
+  state = {k: variables[k] for k in ("batch_stats", "hem_bases")}
+
+  def grads():
+    def loss(params, x):
+      y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
+      return jnp.sum(jnp.sin(y))
+    return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+  return grads
+
+
 def test_hem_unit_gradients_equal_those_of_the_autodiff_path(monkeypatch):
   """The unit's HEMNet path uses hem_attention; swapping in autodiff changes no gradient
   (float64 end to end, so the comparison is not float32 rounding)."""
   with jax.enable_x64(True):
-    unit = hem_unit.HEMUnit(num_bases=6, num_iters=3, eta=0.5, bn_momentum=0.9,
-                            dtype=jnp.float64)
-    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16), jnp.float64)
-    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
-                                       unit.init(jax.random.key(1), x))
-    state = {k: variables[k] for k in ("batch_stats", "hem_bases")}
-
-    def grads():
-      def loss(params, x):
-        y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
-        return jnp.sum(jnp.sin(y))
-      return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
-
+    grads = _unit_grads_float64(hem_unit.HEMUnit(num_bases=6, num_iters=3, eta=0.5,
+                                                 bn_momentum=0.9, dtype=jnp.float64),
+                                (2, 5, 5, 16))
     fast = grads()
 
     def autodiff(x, mu0, *, num_iters, eta, temperature, remat=False):
@@ -97,19 +103,9 @@ def test_hem_unit_gradients_equal_those_with_xla_convolutions(monkeypatch):
   """The 1x1 convs' hand-made weight gradients (a row-major GEMM for conv_in, the R-step's
   channels-first copy for conv_out) against XLA's own convolutions, in float64."""
   with jax.enable_x64(True):
-    unit = hem_unit.HEMUnit(num_bases=6, num_iters=2, eta=0.5, bn_momentum=0.9,
-                            dtype=jnp.float64)
-    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 16), jnp.float64)
-    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
-                                       unit.init(jax.random.key(1), x))
-    state = {k: variables[k] for k in ("batch_stats", "hem_bases")}
-
-    def grads():
-      def loss(params, x):
-        y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
-        return jnp.sum(jnp.sin(y))
-      return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
-
+    grads = _unit_grads_float64(hem_unit.HEMUnit(num_bases=6, num_iters=2, eta=0.5,
+                                                 bn_momentum=0.9, dtype=jnp.float64),
+                                (2, 5, 7, 16))
     fast = grads()
     monkeypatch.setattr(hem_unit, "conv_general_dilated",
                         lambda *a, row_major_weight_grad=False, lhs_t=None, **k:
