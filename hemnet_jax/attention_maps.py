@@ -21,13 +21,12 @@ Default --bases: the 4 with the most mass sum_n gamma^(T)_nk on the image; defau
 """
 
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemnet_jax import hem
+from hemnet_jax import cli, hem
 
 DEFAULT_BASES, DEFAULT_CHANNELS = 4, 3
 
@@ -125,14 +124,8 @@ def run(config, workdir, *, image_index=0, bases="", channels="", at_init=False,
 def main(argv):
   from absl import flags
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    run(f.config, f.workdir, image_index=f.image_index, bases=f.bases, channels=f.channels,
-        at_init=f.at_init, out=f.out)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  cli.run(argv, lambda: run(f.config, f.workdir, image_index=f.image_index, bases=f.bases,
+                            channels=f.channels, at_init=f.at_init, out=f.out))
 
 
 if __name__ == "__main__":

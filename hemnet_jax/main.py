@@ -11,12 +11,10 @@ Several processes (hosts) run the same command. On TPU pods and SLURM clusters a
 `--coordinator_address`, `--num_processes` and `--process_id`.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hemnet_jax import host_memory
+from hemnet_jax import cli, host_memory
 
 flags.DEFINE_string("workdir", None, "Checkpoints, summaries and results.json go here.")
 config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
@@ -44,23 +42,21 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  host_memory.reuse_freed_memory()  # before JAX starts: XLA's scratch is not re-faulted each step
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+def run():
   initialize_distributed()
   # Imported after flag parsing: a bad flag fails before JAX starts.
   from hemnet_jax import evaluate, train
-  try:
-    if FLAGS.mode == "eval":
-      evaluate.run(FLAGS.config, FLAGS.workdir)
-    else:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  if FLAGS.mode == "eval":
+    evaluate.run(FLAGS.config, FLAGS.workdir)
+  else:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def main(argv):
+  host_memory.reuse_freed_memory()  # before JAX starts: XLA's scratch is not re-faulted each step
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  cli.run(argv, run)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemnet_jax import hem
+from hemnet_jax import cli, hem
 
 
 def elbo_curve(x, mu0, *, num_iters, eta, temperature, kernel="dot"):
@@ -197,15 +197,9 @@ def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
 def main(argv):
   from absl import flags
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-  etas = tuple(float(e) for e in f.etas.split(","))
-  try:
-    run(f.config, f.workdir, etas=etas, num_samples=f.num_samples, at_init=f.at_init, out=f.out)
-  except (ValueError, FileNotFoundError) as e:
-    import sys
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  # Inside cli.run: a malformed --etas is a one-line error too.
+  cli.run(argv, lambda: run(f.config, f.workdir, etas=tuple(float(e) for e in f.etas.split(",")),
+                            num_samples=f.num_samples, at_init=f.at_init, out=f.out))
 
 
 if __name__ == "__main__":

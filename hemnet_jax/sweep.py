@@ -16,11 +16,10 @@ retraining (Table 2, its T_train underlined) into DIR/table2.md and DIR/table2.c
 
 import csv
 import json
-import sys
 
 from etils import epath
 
-from hemnet_jax import config_utils, host_memory
+from hemnet_jax import cli, config_utils, host_memory
 
 EMANET = "EMANet (1.0)"
 
@@ -125,15 +124,9 @@ def main(argv):
   from absl import flags
   f = flags.FLAGS
   host_memory.reuse_freed_memory()  # before JAX starts, as hemnet_jax.main
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    sweep(f.config, f.workdir, t_trains=_ints(f.t_train),
-          etas=tuple(float(e) for e in f.etas.split(",") if e), emanet=f.emanet,
-          t_evals=_ints(f.t_eval))
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  cli.run(argv, lambda: sweep(f.config, f.workdir, t_trains=_ints(f.t_train),
+                              etas=tuple(float(e) for e in f.etas.split(",") if e),
+                              emanet=f.emanet, t_evals=_ints(f.t_eval)))
 
 
 if __name__ == "__main__":
