@@ -1,7 +1,7 @@
 """Keep freed host memory in the process, so XLA:CPU's scratch buffer is not faulted in anew each step.
 
 XLA:CPU allocates one scratch buffer per executable call (154 MiB for the HEM unit's
-forward + backward at the paper's shapes, about 1 GiB for a ResNet-101 train step) and
+forward + backward at the paper's shapes, 988 MiB in all for a ResNet-101 train step at 129 crops) and
 frees it at the end. glibc serves a request that large from a fresh mmap and unmaps it
 on free, so every call page-faults the whole buffer in again: 39 000 faults and a fifth
 of the CPU time in the kernel for the HEM unit (BENCHMARKS.md). With mmap off and one
@@ -10,8 +10,9 @@ goes from about 165 to 130 ms on a 2-core CPU.
 
 The cost: memory freed by the process is not given back to the system until it exits,
 and the heap fragments: now and then a call grows it by a new buffer instead of reusing
-the freed one (4 of 40 calls of the HEM unit; its resident size went from 758 to 982 MiB). Set HEMNET_REUSE_HOST_MEMORY=0 to leave glibc as
-it is. Without glibc (macOS, musl) this does nothing.
+the freed one (4 of 40 calls of the HEM unit; its resident size went from 758 to 982 MiB).
+Set HEMNET_REUSE_HOST_MEMORY=0 to leave glibc as it is. Without glibc (macOS, musl) this
+does nothing.
 """
 
 import ctypes

@@ -91,7 +91,7 @@ class HEMUnit(nn.Module):
     y = nn.relu(x_tilde)
     # conv_out's weight gradient wants relu(x_tilde) channels-first. Eq. 10 with its operands
     # swapped writes it so in one matmul over K; the transpose it replaces ran next to
-    # conv_out's GEMM on a 2-core CPU and slowed both (5-7 % of the unit, BENCHMARKS.md).
+    # conv_out's GEMM on a 2-core CPU and slowed both (3-7 % of the unit, BENCHMARKS.md).
     y_t = jax.lax.stop_gradient(nn.relu(jnp.einsum("bkc,bnk->bcn", hem._batched(mu, b), gamma)))
     conv_out = functools.partial(conv1x1, lhs_t=y_t.astype(self.dtype))
     y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out",
