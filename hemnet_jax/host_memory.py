@@ -1,8 +1,7 @@
 """Keep freed host memory in the process, so XLA:CPU's scratch buffer is not faulted in anew each step.
 
 XLA:CPU allocates one scratch buffer per executable call (154 MiB for the HEM unit's
-forward + backward at the paper's shapes, 988 MiB in all for a ResNet-101 train step at 129 crops) and
-frees it at the end. glibc serves a request that large from a fresh mmap and unmaps it
+forward + backward at the paper's shapes) and frees it at the end. glibc serves a request that large from a fresh mmap and unmaps it
 on free, so every call page-faults the whole buffer in again: 39 000 faults and a fifth
 of the CPU time in the kernel for the HEM unit (BENCHMARKS.md). With mmap off and one
 arena, glibc keeps the memory on its heap and later calls reuse it: the HEM unit's step
