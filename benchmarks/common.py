@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 
 
 def banner():

@@ -15,8 +15,8 @@ Sections (comma-separated, default all):
   eta      the highway's overhead: eta = 0.5 against eta = 1 (everything else equal);
   depth    T = 1..16: time, and peak memory from the compiled executable's memory
            analysis, without and with jax.checkpoint around each iteration;
-  ablation each optimisation of the unit switched off in turn, before / after in one
-           run (not in the default: `--sections ablation`);
+  ablation the unit's implementation choices (HEMUnit.backward, HEMUnit.conv1x1) in
+           turn, before / after in one run (not in the default: `--sections ablation`);
   profile  where the JAX unit's time goes, by XLA op (not in the default).
 The last line is the summary:
   summary: speedup_vs_eager=X speedup_vs_compile=Y peak_fraction=Z
@@ -30,7 +30,7 @@ import argparse
 import math
 import os
 
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
 host_memory.reuse_freed_memory()
@@ -52,9 +52,10 @@ def matmul_flops(batch, n, c, k, t):
   return 3 * forward * batch
 
 
-def jax_step(batch, hw, c, k, t, eta, remat=False, dtype=jnp.float32):
-  """A jitted fwd+bwd of our HEMUnit and its inputs: (fn, args)."""
-  unit = HEMUnit(num_bases=k, num_iters=t, eta=eta, bn_momentum=0.9, remat=remat, dtype=dtype)
+def jax_step(batch, hw, c, k, t, eta, remat=False, dtype=jnp.float32, **choices):
+  """A jitted fwd+bwd of our HEMUnit (with HEMUnit's `choices`) and its inputs: (fn, args)."""
+  unit = HEMUnit(num_bases=k, num_iters=t, eta=eta, bn_momentum=0.9, remat=remat, dtype=dtype,
+                 **choices)
   x = jax.random.normal(jax.random.key(0), (batch, hw, hw, c), jnp.float32)
   variables = unit.init(jax.random.key(1), x)
   # Only the state training updates: the sown ELBO / attention collections stay off.
@@ -205,48 +206,19 @@ def section_depth(args, shape):
           f"(peak vs T=1: {row[2]:.2f}x / {row[5]:.2f}x remat)")
 
 
-def _autodiff_attention(x, mu0, *, num_iters, eta, temperature, remat=False):
-  """Before hem_vjp: jax.grad through hem.hem_iterations' scan, then the R-step."""
-  from hemnet_jax import hem
-  out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=eta, temperature=temperature,
-                           remat=remat)
-  return hem.r_step(out.gamma, out.mu), out
-
-
 def section_ablation(args, shape):
-  """The unit as it was before each optimisation, against the unit as it is."""
-  from jax import lax
-  from hemnet_jax import hem_vjp
-  from hemnet_jax.models import hem_unit
+  """The unit with each implementation choice switched back, against the unit as it is."""
   batch, hw, c, k, t = shape
-  attention, conv = hem_vjp.hem_attention, hem_unit.conv_general_dilated
-
-  def einsum_conv(lhs, rhs, *args, **kwargs):  # a 1x1 matmul, autodiff's weight gradient
-    return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
-
-  def xla_conv(*args, row_major_weight_grad=False, lhs_t=None, **kwargs):
-    return lax.conv_general_dilated(*args, **kwargs)
-
-  def transposing_conv(*args, lhs_t=None, **kwargs):  # conv_out's dW from a transpose
-    return conv(*args, **kwargs)
-
   variants = {
       "as is": {},
-      "conv_out dW from a transpose": {"conv": transposing_conv},
-      "autodiff HEM backward (no hem_vjp)": {"attention": _autodiff_attention},
-      "1x1 convs: einsum, autodiff d W": {"conv": einsum_conv},
-      "1x1 convs as XLA convolutions": {"conv": xla_conv},
-      "none of them (the starting point)": {"attention": _autodiff_attention, "conv": xla_conv},
+      "autodiff HEM backward": {"backward": "autodiff"},
+      "1x1 convs as XLA convolutions": {"conv1x1": "xla"},
+      "neither (the starting point)": {"backward": "autodiff", "conv1x1": "xla"},
   }
   fns = {}
-  for name, patch in variants.items():
-    hem_vjp.hem_attention = patch.get("attention", attention)
-    hem_unit.conv_general_dilated = patch.get("conv", conv)
-    try:
-      step, inputs = jax_step(batch, hw, c, k, t, args.eta)
-      compiled = step.lower(*inputs).compile()  # traced here, with the patch in place
-    finally:
-      hem_vjp.hem_attention, hem_unit.conv_general_dilated = attention, conv
+  for name, choices in variants.items():
+    step, inputs = jax_step(batch, hw, c, k, t, args.eta, **choices)
+    compiled = step.lower(*inputs).compile()
     common.block(compiled(*inputs))
     fns[name] = (lambda compiled=compiled, inputs=inputs: compiled(*inputs))
   times = common.interleaved(fns, args.reps, args.rounds)

@@ -1,6 +1,6 @@
 r"""Training input pipeline throughput at 513 crops, in images/s per CPU core.
 
-Runs hemnet_jax.input_pipeline.train_batches (decode JPEG + PNG, random scale in [0.5, 2],
+Runs hemnet_jax.data.pipeline.train_batches (decode JPEG + PNG, random scale in [0.5, 2],
 pad, random crop, flip, normalise, batch) on synthetic VOC-sized examples stored as the
 builders store them: JPEG image bytes (500x375, about VOC's average file size) and a PNG label.
 
@@ -17,7 +17,7 @@ import os
 import pstats
 import time
 
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
 host_memory.reuse_freed_memory()
@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from hemnet_jax import input_pipeline
+from hemnet_jax.data import pipeline as input_pipeline
 
 
 def synthetic_examples(n, seed=0, size=(375, 500)):

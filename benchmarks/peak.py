@@ -6,7 +6,7 @@ Every other benchmark measures this again in its own run and reports its figures
 fraction of it (`benchmarks.common.matmul_peak`); this script prints it alone.
 """
 
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
 host_memory.reuse_freed_memory()

@@ -16,7 +16,7 @@ reported separately. --profile names where the step's time goes.
 import argparse
 import time
 
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
 host_memory.reuse_freed_memory()
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from hemnet_jax import sharding, train
+from hemnet_jax.training import sharding, state as state_lib, steps
 
 import configs.voc as voc
 
@@ -54,8 +54,8 @@ def main():
         f"{args.crop}, global batch {args.batch}, {args.dtype}, donate {not args.no_donate}")
 
   mesh = sharding.make_mesh()
-  model = train.build_model(config)
-  state = train.create_train_state(config, model, jax.random.key(0), load_backbone=False)
+  model = state_lib.build_model(config)
+  state = state_lib.create_train_state(config, model, jax.random.key(0), load_backbone=False)
   state_sharding = sharding.state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
   rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def main():
            "label": rng.integers(0, config.data.num_classes, (args.batch, args.crop, args.crop),
                                  dtype=np.int32)}
   batch = sharding.shard_batch(batch, mesh)
-  step = train.jit_train_step(config, mesh, state_sharding, donate=not args.no_donate)
+  step = steps.jit_train_step(config, mesh, state_sharding, donate=not args.no_donate)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()

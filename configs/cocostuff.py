@@ -9,11 +9,11 @@ which is not in our copy, so check it there before comparing numbers.
 `--config configs/cocostuff.py:emanet` is the baseline.
 """
 
-from hemnet_jax import config_utils
+from hemnet_jax.training import config as config_lib
 
 
 def get_config(variant="hemnet"):
-  config = config_utils.default_config()
+  config = config_lib.default_config()
   config.data.name = "coco_stuff/10k"
   config.data.num_classes = 171
   config.data.eval_split = "test"  # the 1,000 test images
@@ -33,4 +33,4 @@ def get_config(variant="hemnet"):
   config.train.num_steps = 30_000
   config.train.lr = 0.009
   config.train.dtype = "bfloat16"
-  return config_utils.apply_variant(config, variant)
+  return config_lib.apply_variant(config, variant)

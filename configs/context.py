@@ -6,11 +6,11 @@ paper defers the per-dataset schedule to its Appendix C, which is not in our cop
 it there before comparing numbers. `--config configs/context.py:emanet` is the baseline.
 """
 
-from hemnet_jax import config_utils
+from hemnet_jax.training import config as config_lib
 
 
 def get_config(variant="hemnet"):
-  config = config_utils.default_config()
+  config = config_lib.default_config()
   config.data.name = "pascal_context"
   config.data.num_classes = 59
   config.data.eval_split = "validation"  # the 5,105 images the paper's Table 5 reports on
@@ -30,4 +30,4 @@ def get_config(variant="hemnet"):
   config.train.num_steps = 30_000
   config.train.lr = 0.009
   config.train.dtype = "bfloat16"
-  return config_utils.apply_variant(config, variant)
+  return config_lib.apply_variant(config, variant)

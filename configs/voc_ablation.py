@@ -1,6 +1,6 @@
 """The paper's ablation setting (Sec. 5.1, Tables 1-2): ResNet-50 at output stride 16 on VOC.
 
-Run the grid with `python -m hemnet_jax.sweep --config configs/voc_ablation.py --workdir DIR`;
+Run the grid with `python -m hemnet_jax.experiments.sweep --config configs/voc_ablation.py --workdir DIR`;
 each cell overrides hem.num_iters (T_train) and hem.eta (eta_train), the EMANet column
 uses the `emanet` variant. Everything else is configs/voc.py.
 """

@@ -39,6 +39,8 @@ done
 [[ -n "$workdir" ]] || { echo "launch/slurm.sh: --workdir is required (a directory all nodes share)" >&2; exit 2; }
 [[ -f "$config" ]] || { echo "launch/slurm.sh: --config $config: no such file" >&2; exit 2; }
 
+quoted_extra=""  # the extra flags, each quoted for the remote shell
+for arg in ${extra[@]+"${extra[@]}"}; do quoted_extra+=" $(printf %q "$arg")"; done
 script="#!/usr/bin/env bash
 #SBATCH --job-name=hemnet_jax
 #SBATCH --nodes=$nodes
@@ -47,8 +49,8 @@ script="#!/usr/bin/env bash
 #SBATCH --cpus-per-task=8
 #SBATCH --time=$time_limit
 ${partition:+#SBATCH --partition=$partition}
-cd $(pwd)
-srun python -m hemnet_jax.main --config $config --workdir $workdir --distributed ${extra[*]:-}"
+cd $(printf %q "$PWD")
+srun python -m hemnet_jax.main --config $(printf %q "$config") --workdir $(printf %q "$workdir") --distributed${quoted_extra}"
 echo "launch/slurm.sh: the job script:"
 echo "$script"
 [[ "$dry" -eq 0 ]] || exit 0

@@ -12,7 +12,8 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE [--type v4-32] [--version tpu-u
 
 STEPs, run in this order (default: create install run delete):
   create   gcloud compute tpus tpu-vm create
-  install  copy this checkout to every worker, pip install -r requirements.txt and jax[tpu]
+  install  copy this checkout's committed files (git archive HEAD: no .venv, data or
+           uncommitted changes) to every worker, pip install -r requirements.txt and jax[tpu]
   run      python -m hemnet_jax.main --config CONFIG --workdir WORKDIR --distributed on all
            workers; every worker's output is streamed here, prefixed by gcloud
   delete   gcloud compute tpus tpu-vm delete --quiet
@@ -53,6 +54,8 @@ if [[ " ${steps[*]} " == *" run "* ]]; then
 fi
 [[ "$dry" -eq 1 ]] || command -v gcloud >/dev/null || { echo "launch/tpu_pod.sh: gcloud is not installed (https://cloud.google.com/sdk)" >&2; exit 2; }
 
+quoted_extra=""  # the extra flags, each quoted for the remote shell
+for arg in ${extra[@]+"${extra[@]}"}; do quoted_extra+=" $(printf %q "$arg")"; done
 say_and_do() { printf '+'; printf ' %q' "$@"; printf '\n'; [[ "$dry" -eq 1 ]] || "$@"; }
 on_all() { say_and_do gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "$1"; }
 
@@ -61,11 +64,12 @@ for step in "${steps[@]}"; do
     create) say_and_do gcloud compute tpus tpu-vm create "$name" --zone "$zone" \
               --accelerator-type "$type" --version "$version" ;;
     install)
-      say_and_do gcloud compute tpus tpu-vm scp --recurse --zone "$zone" --worker=all \
-          "$(git rev-parse --show-toplevel)" "$name:~/hemnet_jax"
-      on_all "cd ~/hemnet_jax && python3 -m pip install -q -r requirements.txt 'jax[tpu]' gcsfs" ;;
+      archive="$(mktemp -d)/hemnet_jax.tar.gz"
+      say_and_do git -C "$(git rev-parse --show-toplevel)" archive --format=tar.gz -o "$archive" HEAD
+      say_and_do gcloud compute tpus tpu-vm scp --zone "$zone" --worker=all "$archive" "$name:~/hemnet_jax.tar.gz"
+      on_all "rm -rf ~/hemnet_jax && mkdir ~/hemnet_jax && tar -xzf ~/hemnet_jax.tar.gz -C ~/hemnet_jax && cd ~/hemnet_jax && python3 -m pip install -q -r requirements.txt 'jax[tpu]' gcsfs" ;;
     run)
-      on_all "cd ~/hemnet_jax && python3 -m hemnet_jax.main --config $config --workdir $workdir --distributed ${extra[*]:-}" ;;
+      on_all "cd ~/hemnet_jax && python3 -m hemnet_jax.main --config $(printf %q "$config") --workdir $(printf %q "$workdir") --distributed${quoted_extra}" ;;
     delete) say_and_do gcloud compute tpus tpu-vm delete "$name" --zone "$zone" --quiet ;;
   esac
 done

@@ -17,8 +17,7 @@ import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from helpers import ROOT, main_cmd, tiny_config, tiny_flags  # noqa: E402
 
-import hemnet_jax.datasets  # noqa: E402,F401  (registers the builders)
-from hemnet_jax import input_pipeline  # noqa: E402
+from hemnet_jax.data import pipeline  # noqa: E402  (importing it registers the builders)
 
 TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
 
@@ -27,7 +26,7 @@ TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
 def data_dir(tmp_path_factory):
   """The built-in dataset, generated once per test session."""
   d = tmp_path_factory.mktemp("tfds")
-  input_pipeline.load_split(tiny_config(d).data, "train")
+  pipeline.load_split(tiny_config(d).data, "train")
   return d
 
 

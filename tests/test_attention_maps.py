@@ -11,14 +11,18 @@ import numpy as np
 from helpers import ROOT, tiny_config, tiny_flags
 from test_plots import read_png
 
-from hemnet_jax import evaluate, hem, input_pipeline, plots, probe, sharding, train
+from hemnet_jax import hem
+from hemnet_jax.data import pipeline
+from hemnet_jax.models import hemnet
+from hemnet_jax.training import checkpoints, sharding, state as state_lib
+from hemnet_jax.vis import plots
 from hemnet_jax.models.hem_unit import ATTENTION
 
 
 def attention_cli(data_dir, workdir, out, *flags, overrides=None):
   # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
   env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-  cmd = [sys.executable, "-m", "hemnet_jax.attention_maps", "--config=configs/demo.py",
+  cmd = [sys.executable, "-m", "hemnet_jax.experiments.attention_maps", "--config=configs/demo.py",
          f"--workdir={workdir}", f"--out={out}", *flags, *tiny_flags(**(overrides or {}))]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -26,12 +30,15 @@ def attention_cli(data_dir, workdir, out, *flags, overrides=None):
 def expected(config, workdir, image_index, num_iters):
   """gamma^(1..T) [T, h, w, K], X_tilde^(1..T) [T, h, w, C] and X [h, w, C] of one validation
   image, from hem.hem_iterations; and the model's own last gamma (sown by the HEM unit)."""
-  model = train.build_model(config, num_iters_eval=num_iters)
-  state, _ = evaluate.restore_state(config, model, workdir / "checkpoints", sharding.make_mesh())
-  split = input_pipeline.load_split(config.data, config.data.eval_split)
+  config = config.copy_and_resolve_references()
+  config.hem.num_iters_eval = num_iters
+  model = state_lib.build_model(config)
+  state, _ = checkpoints.restore(workdir, state_lib.abstract_train_state(config, model),
+                                 mesh=sharding.make_mesh())
+  split = pipeline.load_split(config.data, config.data.eval_split)
   example = split.source[image_index]
-  image = jnp.asarray(input_pipeline.eval_transform(example, multiple=8)["image"])[None]
-  x, mu0 = probe.hem_inputs(model, state.variables(), image)
+  image = jnp.asarray(pipeline.eval_transform(example, multiple=8)["image"])[None]
+  x, mu0 = hemnet.hem_inputs(model, state.variables(), image)
   out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=config.hem.eta,
                            temperature=math.sqrt(config.model.head_channels))
   _, sown = model.apply(state.variables(), image, train=False, mutable=[ATTENTION])

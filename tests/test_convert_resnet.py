@@ -11,9 +11,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from hemnet_jax import convert_resnet, torch_checkpoint
+from hemnet_jax.convert import resnet as convert_resnet, torch_file
 from hemnet_jax.models.resnet import ResNet
-from tests import torch_reference
+import torch_reference
 
 torch.set_num_threads(2)
 TOL = 1e-4  # max abs difference, float32 JAX against a float64 PyTorch reference
@@ -52,7 +52,7 @@ def test_resnet101_matches_pytorch_at_os8_and_os16(layout, stem_width, packaging
   suffix = ".safetensors" if "safetensors" in packaging else ".pth"
   path = save_as_published(torch_model, packaging, tmp_path / f"resnet101{suffix}")
 
-  variables, meta = convert_resnet.convert(torch_checkpoint.load(path))
+  variables, meta = convert_resnet.convert(torch_file.load(path))
   expected_stem = "torchvision" if layout == "torchvision" else "deep"
   assert (meta["layout"], meta["stem"], meta["stem_width"], meta["width"], meta["depth"]) == (
       layout, expected_stem, stem_width, 64, 101)
@@ -119,7 +119,7 @@ def test_safetensors_reader_matches_torch_for_each_dtype(tmp_path):
              "c": torch.randn(7).half(), "d": torch.arange(6, dtype=torch.int64).reshape(2, 3),
              "e": torch.tensor(2.5, dtype=torch.float64)}
   safetensors.torch.save_file(tensors, tmp_path / "t.safetensors", metadata={"format": "pt"})
-  read = torch_checkpoint.load(tmp_path / "t.safetensors")
+  read = torch_file.load(tmp_path / "t.safetensors")
   assert set(read) == set(tensors)
   for k, t in tensors.items():
     assert read[k].shape == tuple(t.shape)
@@ -127,7 +127,7 @@ def test_safetensors_reader_matches_torch_for_each_dtype(tmp_path):
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "hemnet_jax.convert_resnet", *args],
+  return subprocess.run([sys.executable, "-m", "hemnet_jax.tools.convert_resnet", *args],
                         capture_output=True, text=True, timeout=300)
 
 

@@ -2,9 +2,9 @@
 
 import pathlib
 
-import hemnet_jax.datasets  # noqa: F401  (registers the builders)
-from hemnet_jax.datasets import coco_stuff, pascal_context, voc_aug
-from tests import tfds_testing
+import hemnet_jax.data  # noqa: F401  (registers the builders)
+from hemnet_jax.data import coco_stuff, pascal_context, voc_aug
+import tfds_testing
 
 TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
 

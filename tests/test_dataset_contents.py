@@ -10,8 +10,8 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import hemnet_jax.datasets  # noqa: F401  (registers the builders)
-from hemnet_jax.datasets import coco_stuff, pascal_context
+import hemnet_jax.data  # noqa: F401  (registers the builders)
+from hemnet_jax.data import coco_stuff, pascal_context
 from tests.testdata import make_fake_archives as fake
 
 TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
@@ -155,11 +155,12 @@ def test_extracted_folders_give_the_same_dataset_as_the_archives(tmp_path):
 
 
 def test_config_skip_corrupt_reaches_the_builder(tmp_path):
-  from hemnet_jax import config_utils, input_pipeline
+  from hemnet_jax.data import pipeline
+  from hemnet_jax.training import config as config_lib
   fake.voc_aug(tmp_path / "manual", bad=("corrupt", "VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg"))
-  config = config_utils.default_config().data
+  config = config_lib.default_config().data
   config.data_dir, config.manual_dir = str(tmp_path / "data"), str(tmp_path / "manual")
   with pytest.raises(ValueError, match="'2008_000003'"):
-    input_pipeline.load_split(config, "train")
+    pipeline.load_split(config, "train")
   config.skip_corrupt = True
-  assert input_pipeline.load_split(config, "train").num_examples == len(fake.VOC_TRAIN) - 1
+  assert pipeline.load_split(config, "train").num_examples == len(fake.VOC_TRAIN) - 1

@@ -11,7 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import ROOT, main_cmd, tiny_config, tiny_flags
 
-from hemnet_jax import config_utils, evaluate, input_pipeline, metrics, train
+from hemnet_jax.data import pipeline
+from hemnet_jax.training import config as config_lib, evaluation, metrics, state as state_lib, steps
 from hemnet_jax.models.hem_unit import STATS
 
 from conftest import TINY_RUN as RUN  # noqa: E402
@@ -44,25 +45,25 @@ def plain_ms_flip(apply, variables, image, stride):
 
 
 def test_multi_scale_flip_matches_a_plain_reimplementation(data_dir, run):
-  assert tuple(config_utils.default_config().eval.scales) == EMANET_SCALES
+  assert tuple(config_lib.default_config().eval.scales) == EMANET_SCALES
   config = tiny_config(data_dir, **RUN, **{"eval.multi_scale": True, "eval.flip": True,
                                            "eval.scales": SCALES})
-  result = evaluate.run(config, run)
+  result = evaluation.run(config, run)
   assert result["protocol"] == "ms_flip" and result["scales"] == list(SCALES)
   saved = json.loads((run / "eval_ms_flip_T3.json").read_text())
   assert saved["confusion_matrix"] == result["confusion_matrix"]
 
-  model = train.build_model(config)
+  model = state_lib.build_model(config)
   raw = ocp.CheckpointManager(run / "checkpoints").restore(2)
   variables = {k: raw[k] for k in ("params", "batch_stats", "hem_bases")}
-  split = input_pipeline.load_split(config.data, "validation[:4]")
+  split = pipeline.load_split(config.data, "validation[:4]")
   cm = np.zeros((11, 11), np.int64)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   for i in range(4):
-    ex = input_pipeline.eval_transform(split.source[i], multiple=8)
+    ex = pipeline.eval_transform(split.source[i], multiple=8)
     probs = plain_ms_flip(apply, variables, ex["image"], 8)
     if i == 0:  # the same probabilities, not only the same argmax
-      ours = jax.jit(lambda v, x: evaluate.averaged_probabilities(
+      ours = jax.jit(lambda v, x: steps.averaged_probabilities(
           lambda y: model.apply(v, y, train=False)[0], x, scales=SCALES, flip=True,
           multiple=8))(variables, jnp.asarray(ex["image"][None]))
       np.testing.assert_allclose(np.asarray(ours[0]), probs, atol=2e-5)
@@ -75,8 +76,8 @@ def test_multi_scale_flip_matches_a_plain_reimplementation(data_dir, run):
 
 def test_scale_one_without_flip_is_single_scale(data_dir, run):
   config = tiny_config(data_dir, **RUN, **{"eval.multi_scale": True, "eval.scales": (1.0,)})
-  ms = evaluate.run(config, run)
-  ss = evaluate.run(tiny_config(data_dir, **RUN), run)
+  ms = evaluation.run(config, run)
+  ss = evaluation.run(tiny_config(data_dir, **RUN), run)
   assert (ms["protocol"], ss["protocol"]) == ("ms", "ss")
   assert ms["confusion_matrix"] == ss["confusion_matrix"]
   # The single-scale protocol is the training loop's own final evaluation.
@@ -89,8 +90,8 @@ def test_t_eval_changes_the_number_of_iterations(data_dir, run):
   variables = {k: raw[k] for k in ("params", "batch_stats", "hem_bases")}
   image = jnp.zeros((1, 32, 32, 3))
   for t in (1, 5):
-    _, upd = train.build_model(config, num_iters_eval=t).apply(
-        variables, image, train=False, mutable=[STATS])
+    config.hem.num_iters_eval = t
+    _, upd = state_lib.build_model(config).apply(variables, image, train=False, mutable=[STATS])
     assert jax.tree.leaves(upd[STATS])[0].shape == (t,)
 
   # The command line, on the same checkpoint: T_eval = 5 runs 5 iterations.
@@ -108,4 +109,4 @@ def test_t_eval_changes_the_number_of_iterations(data_dir, run):
 
 def test_eval_without_a_checkpoint_fails_clearly(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="--mode train"):
-    evaluate.run(tiny_config(data_dir, **RUN), tmp_path)
+    evaluation.run(tiny_config(data_dir, **RUN), tmp_path)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hemnet_jax import hem, hem_vjp
+from hemnet_jax import hem
+from hemnet_jax.hem import vjp as hem_vjp
 from hemnet_jax.models import hem_unit, layers
 
 
@@ -67,8 +68,8 @@ def test_half_precision_input_gets_float32_attention():
 
 
 def _unit_grads_float64(unit, shape):
-  """d sum(sin(unit(x))) / d (params, x) in training mode, float64 end to end, as a
-  function of no arguments, so a test can call it again after monkeypatching."""
+  """d sum(sin(unit(x))) / d (params, x) in training mode, float64 end to end, and the
+  unit's forward jaxpr as text (to check which implementation it traced)."""
   x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
   variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
                                      unit.init(jax.random.key(1), x))
@@ -79,40 +80,44 @@ def _unit_grads_float64(unit, shape):
       y, _ = unit.apply({"params": params, **state}, x, train=True, mutable=list(state))
       return jnp.sum(jnp.sin(y))
     return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
-  return grads
+  forward = jax.make_jaxpr(lambda v, x: unit.apply(v, x, train=True, mutable=list(state)))
+  return grads(), str(forward(variables, x))
 
 
-def test_hem_unit_gradients_equal_those_of_the_autodiff_path(monkeypatch):
-  """The unit's HEMNet path uses hem_attention; swapping in autodiff changes no gradient
-  (float64 end to end, so the comparison is not float32 rounding)."""
+def _unit(**choices):
+  return hem_unit.HEMUnit(num_bases=6, num_iters=3, eta=0.5, bn_momentum=0.9, dtype=jnp.float64,
+                          **choices)
+
+
+def test_hem_unit_gradients_equal_those_of_the_autodiff_path():
+  """backward="custom" (hem/vjp.py) against "autodiff" (jax.grad of hem/em.py): the same
+  gradients (float64 end to end, so the comparison is not float32 rounding)."""
   with jax.enable_x64(True):
-    grads = _unit_grads_float64(hem_unit.HEMUnit(num_bases=6, num_iters=3, eta=0.5,
-                                                 bn_momentum=0.9, dtype=jnp.float64),
-                                (2, 5, 5, 16))
-    fast = grads()
-
-    def autodiff(x, mu0, *, num_iters, eta, temperature, remat=False):
-      out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=eta, temperature=temperature)
-      return hem.r_step(out.gamma, out.mu), out
-
-    monkeypatch.setattr(hem_unit.hem_vjp, "hem_attention", autodiff)
-    _assert_close_to_scale(fast, grads(), 1e-10)
+    custom, custom_jaxpr = _unit_grads_float64(_unit(backward="custom"), (2, 5, 5, 16))
+    autodiff, autodiff_jaxpr = _unit_grads_float64(_unit(backward="autodiff"), (2, 5, 5, 16))
+  # Two different programs: only the custom one calls hem_attention's custom VJP.
+  assert "name=_attention" in custom_jaxpr and "name=_attention" not in autodiff_jaxpr
+  _assert_close_to_scale(custom, autodiff, 1e-10)
 
 
-def test_hem_unit_gradients_equal_those_with_xla_convolutions(monkeypatch):
-  """The 1x1 convs' hand-made weight gradients (a row-major GEMM for conv_in, the R-step's
-  channels-first copy for conv_out) against XLA's own convolutions, in float64."""
+def test_hem_unit_gradients_equal_those_with_xla_convolutions():
+  """conv1x1="matmul" (a row-major GEMM for conv_in's weight gradient, the R-step's
+  channels-first copy for conv_out's) against "xla" (XLA's convolutions), in float64."""
   with jax.enable_x64(True):
-    grads = _unit_grads_float64(hem_unit.HEMUnit(num_bases=6, num_iters=2, eta=0.5,
-                                                 bn_momentum=0.9, dtype=jnp.float64),
-                                (2, 5, 7, 16))
-    fast = grads()
-    monkeypatch.setattr(hem_unit, "conv_general_dilated",
-                        lambda *a, row_major_weight_grad=False, lhs_t=None, **k:
-                        jax.lax.conv_general_dilated(*a, **k))
-    slow = grads()
-    assert set(fast[0]) >= {"conv_in", "conv_out"}
-    _assert_close_to_scale(fast, slow, 1e-10)
+    matmul, matmul_jaxpr = _unit_grads_float64(_unit(conv1x1="matmul"), (2, 5, 7, 16))
+    xla, xla_jaxpr = _unit_grads_float64(_unit(conv1x1="xla"), (2, 5, 7, 16))
+  assert "conv_general_dilated" in xla_jaxpr and "conv_general_dilated" not in matmul_jaxpr
+  assert set(matmul[0]) >= {"conv_in", "conv_out"}
+  _assert_close_to_scale(matmul, xla, 1e-10)
+
+
+@pytest.mark.parametrize("choices, message", [
+    (dict(backward="custom", kernel="gaussian"), "backward='autodiff'"),
+    (dict(backward="fast"), "'custom' or 'autodiff'"),
+    (dict(conv1x1="winograd"), "'matmul' or 'xla'")])
+def test_unsupported_choices_are_errors(choices, message):
+  with pytest.raises(ValueError, match=message):
+    hem_unit.HEMUnit(num_bases=2, **choices).init(jax.random.key(0), jnp.zeros((1, 2, 2, 4)))
 
 
 def test_remat_unit_matches_and_recomputes():

@@ -6,13 +6,13 @@ import sys
 
 from helpers import ROOT
 
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 
 # How many of 20 calls of a jitted function with a 128 MiB scratch buffer fault in more
 # than half of it, in a fresh process (the malloc settings must precede JAX's threads).
 _PROBE = r"""
 import json, resource
-from hemnet_jax import host_memory
+from hemnet_jax.cli import host_memory
 took = host_memory.reuse_freed_memory()
 import jax, jax.numpy as jnp
 x = jnp.ones((4096, 4096))

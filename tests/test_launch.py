@@ -36,8 +36,10 @@ def test_tpu_pod_checks_arguments_and_prints_commands():
   res = sh("launch/tpu_pod.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/w", "--dry-run")
   assert res.returncode == 0
   lines = res.stdout.splitlines()
-  assert [l.split()[5] for l in lines] == ["create", "scp", "ssh", "ssh", "delete"]
-  assert "--distributed" in lines[3] and "--worker=all" in lines[3]
+  assert [l.split()[1] for l in lines] == ["gcloud", "git", "gcloud", "gcloud", "gcloud", "gcloud"]
+  assert [l.split()[5] for l in lines if " gcloud " in l] == ["create", "scp", "ssh", "ssh", "delete"]
+  assert " archive " in lines[1] and lines[1].endswith(" HEAD")  # committed files: no .venv, data
+  assert "--distributed" in lines[4] and "--worker=all" in lines[4]
 
 
 def test_slurm_checks_arguments_and_prints_the_job():
@@ -48,3 +50,10 @@ def test_slurm_checks_arguments_and_prints_the_job():
   assert res.returncode == 0
   assert "#SBATCH --nodes=2" in res.stdout and "#SBATCH --ntasks-per-node=4" in res.stdout
   assert "--distributed" in res.stdout
+
+
+def test_slurm_quotes_paths_with_spaces():
+  res = sh("launch/slurm.sh", "--nodes", "1", "--gpus-per-node", "1", "--workdir", "/shared/my run",
+           "--dry-run", "--", "--config.train.num_steps=5")
+  assert res.returncode == 0
+  assert r"--workdir /shared/my\ run --distributed --config.train.num_steps=5" in res.stdout

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemnet_jax import metrics
+from hemnet_jax.training import metrics
 
 
 def test_cross_entropy_ignores_255():

@@ -9,7 +9,7 @@ import pytest
 
 from hemnet_jax import hem
 from hemnet_jax.models import resnet
-from hemnet_jax.models.hem_unit import BASES, STATS, HEMUnit
+from hemnet_jax.models.hem_unit import ATTENTION, BASES, STATS, HEMUnit
 from hemnet_jax.models.hemnet import HEMNet
 
 MUTABLE = ["batch_stats", BASES, STATS]
@@ -72,8 +72,10 @@ def test_emanet_mode_sends_no_gradient_through_the_attention():
 
 def test_bfloat16_unit_keeps_float32_attention():
   unit, v, x = unit_and_vars(dtype=jnp.bfloat16)
-  y, upd = unit.apply(v, x.astype(jnp.bfloat16), train=True, mutable=MUTABLE)
+  y, upd = unit.apply(v, x.astype(jnp.bfloat16), train=True, mutable=[*MUTABLE, ATTENTION])
   assert y.dtype == jnp.bfloat16
+  # The responsibilities come out of a float32 softmax although the unit computes in bfloat16.
+  assert upd[ATTENTION]["gamma"][0].dtype == jnp.float32
   assert upd[BASES]["mu0"].dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(y, np.float32)))
 
@@ -100,7 +102,7 @@ def test_resnet_feature_strides(stem, output_stride):
 
 
 def test_hemnet_outputs_and_aux_head():
-  model = HEMNet(num_classes=5, depth_stages=(1, 1, 1, 1), width=4, stem_width=8, head_channels=16,
+  model = HEMNet(num_classes=5, stage_sizes=(1, 1, 1, 1), width=4, stem_width=8, head_channels=16,
                  hem={"num_bases": 4}, decoder_channels=8, aux_channels=8, bn_momentum=0.9)
   x = jax.random.normal(jax.random.key(0), (2, 40, 48, 3))
   v = model.init(jax.random.key(1), x)

@@ -8,7 +8,7 @@ import numpy as np
 from helpers import ROOT
 from PIL import Image
 
-from hemnet_jax import plots, probe, visualize
+from hemnet_jax.vis import plots, render
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -29,14 +29,14 @@ def write_probe_csvs(directory):
              "grad_x_e_step": eta * t * 1e-6, "grad_x_n_step_e_cut": 0.0}
             for eta in (0.2, 1.0) for t in (1, 2, 3)]
   checkpoints = [{"step": s, "eta": 0.5, "grad_x_total": 1.0 / s} for s in (100, 200, 300)]
-  probe.write_csv(directory / "probe_layers.csv", layers)
-  probe.write_csv(directory / "probe_checkpoints.csv", checkpoints)
+  plots.write_csv(directory / "probe_layers.csv", layers)
+  plots.write_csv(directory / "probe_checkpoints.csv", checkpoints)
   return layers, checkpoints
 
 
 def test_figure_3_is_re_made_from_the_csv_files(tmp_path):
   layers, checkpoints = write_probe_csvs(tmp_path)
-  res = subprocess.run([sys.executable, "-m", "hemnet_jax.plots", str(tmp_path)], cwd=ROOT,
+  res = subprocess.run([sys.executable, "-m", "hemnet_jax.experiments.plots", f"--dir={tmp_path}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr
   names = ["fig3a_elbo.png", "fig3b_grad_n_step.png", "fig3c_grad_e_step.png",
@@ -76,7 +76,7 @@ def test_attention_figure_panels_are_the_arrays_given():
   x, x_tilde = rng.normal(size=(h, w, C)), rng.normal(size=(T, h, w, len(channels)))
   image = rng.integers(0, 256, (40, 48, 3)).astype(np.uint8)
   label, prediction = rng.integers(0, 5, (40, 48)), rng.integers(0, 5, (40, 48))
-  colours = visualize.generic_palette()
+  colours = render.generic_palette()
   fig, axes = plots.attention_figure(image, label, prediction, x, gammas, x_tilde, bases, channels,
                                      colours)
   assert axes.shape == (1 + T, 1 + len(bases) + len(channels))

@@ -1,7 +1,6 @@
 """`python -m hemnet_jax.predict` on a tiny trained demo model: files, sizes, argmax."""
 
 import math
-import pathlib
 import subprocess
 import sys
 
@@ -12,32 +11,23 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from hemnet_jax import predict, train, visualize
-from hemnet_jax.datasets import shapes
+from hemnet_jax.tools import predict
+from hemnet_jax.training import checkpoints, loop, state as state_lib
+from hemnet_jax.vis import render
+from hemnet_jax.data import shapes
 from hemnet_jax.models.hem_unit import ATTENTION
+from helpers import ROOT, demo, tiny_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import demo  # noqa: E402
-
-# The demo at a size that trains in seconds (as tests/test_train.py), evaluated on 16 images.
-TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
-        "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
-        "hem.num_bases": 5, "data.crop_size": 32, "train.batch_size": 4,
-        "data.eval_split": "validation[:16]", "data.eval_batch_size": 16, "train.log_every": 1,
-        "train.num_steps": 2, "train.checkpoint_every": 1}
+# A 2-step tiny demo run, evaluated on 16 images, with 5 bases (so the attention grid has an empty cell).
+RUN = {"hem.num_bases": 5, "data.eval_split": "validation[:16]", "data.eval_batch_size": 16,
+       "train.log_every": 1, "train.num_steps": 2, "train.checkpoint_every": 1}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(data_dir, tmp_path_factory):
   """A 2-step demo run (checkpoints at steps 1 and 2) and two images of different sizes."""
   d = tmp_path_factory.mktemp("predict")
-  config = demo.get_config()
-  for k, v in TINY.items():
-    section, field = k.split(".")
-    config[section][field] = v
-  config.data.data_dir = str(d / "tfds")
-  train.train_and_evaluate(config, d / "run")
+  loop.train_and_evaluate(tiny_config(data_dir, **RUN), d / "run")
   image, _ = shapes.render_example(np.random.default_rng([1, 0]))
   Image.fromarray(image).save(d / "square.png")
   Image.fromarray(image[3:73, 10:63]).save(d / "tall.jpg", quality=90)  # 53 x 70, lossy
@@ -46,8 +36,8 @@ def run(tmp_path_factory):
 
 def expected(workdir, step, image_path):
   """logits and the last gamma, computed here from the checkpoint without predict.py."""
-  config = predict.load_config(workdir)
-  model = train.build_model(config)
+  config = checkpoints.load_config(workdir)
+  model = state_lib.build_model(config)
   raw = ocp.CheckpointManager(workdir / "checkpoints").restore(step)
   variables = {k: raw[k] for k in ("params", "batch_stats", "hem_bases")}
   image = np.asarray(Image.open(image_path).convert("RGB"), np.float32)
@@ -68,8 +58,8 @@ def assert_label_is_argmax(label, logits):
 
 def test_predict_writes_label_mask_overlay_and_attention(run, tmp_path):
   res = subprocess.run(
-      [sys.executable, "-m", "hemnet_jax.predict", "--workdir", str(run / "run"), "--images",
-       str(run / "square.png"), str(run / "tall.jpg"), "--out", str(tmp_path), "--attention"],
+      [sys.executable, "-m", "hemnet_jax.tools.predict", "--workdir", str(run / "run"), "--images",
+       f"{run / 'square.png'},{run / 'tall.jpg'}", "--out", str(tmp_path), "--attention"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr
   assert "step 2" in res.stdout
@@ -86,7 +76,7 @@ def test_predict_writes_label_mask_overlay_and_attention(run, tmp_path):
     np.testing.assert_array_equal(np.asarray(mask), np.asarray(shapes.PALETTE, np.uint8)[label])
     over = Image.open(tmp_path / f"{name}_overlay.png")
     assert (over.mode, over.size) == ("RGB", size)
-    np.testing.assert_array_equal(np.asarray(over), visualize.overlay(source, np.asarray(mask)))
+    np.testing.assert_array_equal(np.asarray(over), render.overlay(source, np.asarray(mask)))
 
     logits, gamma = expected(run / "run", 2, run / f"{name}.{'png' if name == 'square' else 'jpg'}")
     assert_label_is_argmax(label, logits)
@@ -105,27 +95,34 @@ def test_predict_writes_label_mask_overlay_and_attention(run, tmp_path):
 
 
 def test_checkpoint_path_picks_that_step(run, tmp_path):
-  assert predict.main(["--checkpoint", str(run / "run" / "checkpoints" / "1"), "--images",
-                       str(run / "tall.jpg"), "--out", str(tmp_path)]) == 0
+  predict.run(None, run / "run" / "checkpoints" / "1", [str(run / "tall.jpg")], tmp_path)
   label = np.asarray(Image.open(tmp_path / "tall_label.png"))
   logits, _ = expected(run / "run", 1, run / "tall.jpg")
   assert_label_is_argmax(label, logits)
   assert not (tmp_path / "tall_attention.png").exists()
 
 
-def test_missing_run_or_step_is_a_clear_error(run, tmp_path, capsys):
-  assert predict.main(["--workdir", str(tmp_path), "--images", "x.png", "--out", str(tmp_path)]) == 1
-  assert "config.json not found" in capsys.readouterr().err
-  assert predict.main(["--checkpoint", str(run / "run" / "checkpoints" / "7"), "--images", "x.png",
-                       "--out", str(tmp_path)]) == 1
-  assert "no checkpoint of step 7" in capsys.readouterr().err
+def test_missing_run_or_step_is_a_clear_error(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json not found"):
+    predict.run(tmp_path, None, ["x.png"], tmp_path)
+  with pytest.raises(FileNotFoundError, match="no checkpoint of step 7"):
+    predict.run(None, run / "run" / "checkpoints" / "7", ["x.png"], tmp_path)
+
+
+def test_the_command_line_reports_a_missing_run_in_one_line(tmp_path):
+  res = subprocess.run([sys.executable, "-m", "hemnet_jax.tools.predict", "--workdir", str(tmp_path),
+                        "--images", "x.png", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines() == [f"error: {tmp_path / 'config.json'} not found: "
+                                             "expected a training run's directory"]
 
 
 def test_generic_palette_for_datasets_without_one():
-  colours = visualize.generic_palette()
+  colours = render.generic_palette()
   assert colours.shape == (256, 3) and len({tuple(c) for c in colours}) == 256
   np.testing.assert_array_equal(colours[:3], [[0, 0, 0], [128, 0, 0], [0, 128, 0]])  # VOC's
   config = demo.get_config()
-  np.testing.assert_array_equal(visualize.palette(config.data)[:11], shapes.PALETTE)
+  np.testing.assert_array_equal(render.palette(config.data)[:11], shapes.PALETTE)
   config.data.name = "voc_aug"
-  np.testing.assert_array_equal(visualize.palette(config.data), colours)
+  np.testing.assert_array_equal(render.palette(config.data), colours)

@@ -3,7 +3,6 @@
 import json
 import pathlib
 import shutil
-import sys
 
 import jax
 import numpy as np
@@ -11,34 +10,17 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 
-from hemnet_jax import backbone_checkpoint, convert_resnet, input_pipeline, train
-from tests import torch_reference
+from hemnet_jax.tools import convert_resnet
+from hemnet_jax.training import checkpoints, loop, state as state_lib
+import helpers
+import torch_reference
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import demo  # noqa: E402
-
-# The demo at a size that trains in seconds (as tests/test_train.py), evaluated on 16 images.
-TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
-        "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
-        "hem.num_bases": 4, "data.crop_size": 32, "train.batch_size": 4,
-        "data.eval_split": "validation[:16]", "data.eval_batch_size": 16, "train.log_every": 1}
+# Evaluated on 16 images, a log line per step.
+RUN = {"data.eval_split": "validation[:16]", "data.eval_batch_size": 16, "train.log_every": 1}
 
 
 def tiny_config(data_dir, **extra):
-  config = demo.get_config()
-  for k, v in {**TINY, **extra}.items():
-    section, field = k.split(".")
-    config[section][field] = v
-  config.data.data_dir = str(data_dir)
-  return config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tfds")
-  input_pipeline.load_split(tiny_config(d).data, "train")  # generates the built-in set once
-  return d
+  return helpers.tiny_config(data_dir, **RUN, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +29,7 @@ def converted(tmp_path_factory):
   d = tmp_path_factory.mktemp("pretrained")
   model = torch_reference.ResNet("v1c", stage_sizes=(1, 1, 1, 1), width=4, stem_width=8)
   torch.save({"state_dict": torch_reference.randomize(model, 7).state_dict()}, d / "tiny_v1c.pth")
-  assert convert_resnet.main(["--checkpoint", str(d / "tiny_v1c.pth"), "--out", str(d / "out")]) == 0
+  convert_resnet.run(d / "tiny_v1c.pth", d / "out")
   return d / "out"
 
 
@@ -66,10 +48,10 @@ def test_training_starts_from_the_converted_backbone(data_dir, converted, tmp_pa
   config = tiny_config(data_dir, **{"train.num_steps": 2, "train.checkpoint_every": 1})
   config.model.backbone_checkpoint = str(pretrained)
   first = []  # copies of the states train_and_evaluate starts from (the loop donates them)
-  create = train.create_train_state
-  monkeypatch.setattr(train, "create_train_state", lambda *a, **kw: first.append(
+  create = state_lib.create_train_state
+  monkeypatch.setattr(loop, "create_train_state", lambda *a, **kw: first.append(
       jax.tree.map(lambda x: np.array(x, copy=True), create(*a, **kw))) or first[-1])
-  summary = train.train_and_evaluate(config, tmp_path / "run")
+  summary = loop.train_and_evaluate(config, tmp_path / "run")
   assert summary["step"] == 2 and np.isfinite(summary["miou"])
 
   want = converted_variables(converted)
@@ -83,7 +65,7 @@ def test_training_starts_from_the_converted_backbone(data_dir, converted, tmp_pa
   # Resuming takes every weight from the run's own checkpoint: the file may be gone.
   shutil.rmtree(pretrained)
   config.train.num_steps = 3
-  assert train.train_and_evaluate(config, tmp_path / "run")["step"] == 3
+  assert loop.train_and_evaluate(config, tmp_path / "run")["step"] == 3
   # The state a resumed run builds before restoring is a plain initialisation (same seed):
   # its heads equal those the pretrained run started from, its backbone is random.
   fresh = first[1]
@@ -97,7 +79,7 @@ def test_a_backbone_of_another_shape_names_the_config_fields(data_dir, converted
   config = tiny_config(data_dir, **{"model.stem_width": 16, "model.stage_sizes": (1, 1, 2, 1)})
   config.model.backbone_checkpoint = str(converted)
   with pytest.raises(ValueError) as e:
-    train.create_train_state(config, train.build_model(config), jax.random.key(0))
+    state_lib.create_train_state(config, state_lib.build_model(config), jax.random.key(0))
   msg = str(e.value)
   assert "config.model.stem_width=16 but the checkpoint's stem has 8 channels" in msg
   assert "config.model.stage_sizes=(1, 1, 2, 1) but the checkpoint has (1, 1, 1, 1)" in msg
@@ -106,7 +88,7 @@ def test_a_backbone_of_another_shape_names_the_config_fields(data_dir, converted
   config.model.stem_width, config.model.stage_sizes, config.model.stem = 8, (1, 1, 1, 1), "torchvision"
   with pytest.raises(ValueError, match=r"config.model.stem='torchvision' but the checkpoint has "
                                        r"stem 'deep'"):
-    train.create_train_state(config, train.build_model(config), jax.random.key(0))
+    state_lib.create_train_state(config, state_lib.build_model(config), jax.random.key(0))
 
 
 def test_a_damaged_backbone_lists_every_differing_leaf(data_dir, converted, tmp_path):
@@ -114,14 +96,14 @@ def test_a_damaged_backbone_lists_every_differing_leaf(data_dir, converted, tmp_
   del variables["params"]["layer2_0"]["conv1"]
   variables["batch_stats"]["stem_bn1"]["mean"] = np.zeros(5, np.float32)
   meta = json.loads((converted / "resnet.json").read_text())
-  backbone_checkpoint.save(tmp_path / "damaged", variables, meta)
+  checkpoints.save_backbone(tmp_path / "damaged", variables, meta)
   config = tiny_config(data_dir)
   config.model.backbone_checkpoint = str(tmp_path / "damaged")
   with pytest.raises(ValueError) as e:
-    train.create_train_state(config, train.build_model(config), jax.random.key(0))
+    state_lib.create_train_state(config, state_lib.build_model(config), jax.random.key(0))
   assert "params/layer2_0/conv1/kernel: missing from the checkpoint" in str(e.value)
   assert "batch_stats/stem_bn1/mean: checkpoint shape (5,), model shape (4,)" in str(e.value)
 
   config.model.backbone_checkpoint = str(tmp_path / "nothing_here")
-  with pytest.raises(FileNotFoundError, match="python -m hemnet_jax.convert_resnet"):
-    train.create_train_state(config, train.build_model(config), jax.random.key(0))
+  with pytest.raises(FileNotFoundError, match="python -m hemnet_jax.tools.convert_resnet"):
+    state_lib.create_train_state(config, state_lib.build_model(config), jax.random.key(0))

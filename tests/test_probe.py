@@ -11,7 +11,8 @@ import pytest
 from helpers import ROOT, tiny_flags
 from test_plots import read_png
 
-from hemnet_jax import hem, probe
+from hemnet_jax import hem
+from hemnet_jax.hem import probes
 
 x64 = jax.enable_x64(True)
 
@@ -47,7 +48,7 @@ def test_gaussian_kernel_elbo_curve_never_decreases(eta):
   with x64:
     for seed in range(10):
       x, mu = clustered(seed)
-      curve = np.asarray(probe.elbo_curve(x, mu, num_iters=8, eta=eta, temperature=1.3,
+      curve = np.asarray(probes.elbo_curve(x, mu, num_iters=8, eta=eta, temperature=1.3,
                                           kernel="gaussian"))
       assert np.all(np.diff(curve, axis=0) >= -1e-9 * np.abs(curve[1:]))
 
@@ -64,9 +65,9 @@ def full_grad(x, mu, loss_fn, **kw):
 def test_n_step_and_e_step_parts_add_up_to_the_full_gradient(eta, e_step_grad):
   with x64:
     x, mu = clustered(3)
-    loss_fn = probe.readout_loss(jax.random.key(0), x.shape)
+    loss_fn = probes.readout_loss(jax.random.key(0), x.shape)
     kw = dict(num_iters=4, eta=eta, temperature=1.3)
-    split = probe.gradient_split(x, mu, loss_fn, e_step_grad=e_step_grad, **kw)
+    split = probes.gradient_split(x, mu, loss_fn, e_step_grad=e_step_grad, **kw)
     assert split.n_step.shape == split.e_step.shape == (4,) + x.shape
     full = full_grad(x, mu, loss_fn, e_step_grad=e_step_grad, **kw)
     np.testing.assert_allclose(split.n_step.sum(0) + split.e_step.sum(0), full, rtol=1e-10,
@@ -84,8 +85,8 @@ def test_n_step_gradient_of_each_layer_is_eq_18_when_e_steps_are_cut(eta):
     b, n, c = x.shape
     T = 4
     v = np.asarray(jax.random.normal(jax.random.key(1), (n, c)))
-    loss_fn = probe.readout_loss(jax.random.key(1), x.shape)  # sum(X_tilde * v) / B
-    split = probe.gradient_split(x, mu0, loss_fn, num_iters=T, eta=eta, temperature=1.3,
+    loss_fn = probes.readout_loss(jax.random.key(1), x.shape)  # sum(X_tilde * v) / B
+    split = probes.gradient_split(x, mu0, loss_fn, num_iters=T, eta=eta, temperature=1.3,
                                  e_step_grad=False)
     # Independently, in numpy: forward pass, then Eq. 18 term by term.
     mu, gammas = np.asarray(mu0), []
@@ -107,12 +108,12 @@ def test_n_step_gradient_of_each_layer_is_eq_18_when_e_steps_are_cut(eta):
 def test_share_of_gradient_reaching_layer_1_grows_as_eta_falls():
   with x64:
     x, mu = clustered(5)
-    loss_fn = probe.readout_loss(jax.random.key(2), x.shape)
+    loss_fn = probes.readout_loss(jax.random.key(2), x.shape)
     shares = []
     for eta in (1.0, 0.8, 0.5, 0.3, 0.1):
-      split = probe.gradient_split(x, mu, loss_fn, num_iters=4, eta=eta, temperature=1.3,
+      split = probes.gradient_split(x, mu, loss_fn, num_iters=4, eta=eta, temperature=1.3,
                                    e_step_grad=False)
-      n, _, _ = probe.layer_means(split)
+      n, _, _ = probes.layer_means(split)
       shares.append(n[0] / n.sum())
     assert shares[0] < 1e-12  # eta = 1: no highway, the cut graph gives layer 1 nothing
     assert np.all(np.diff(shares) > 0), shares
@@ -121,8 +122,8 @@ def test_share_of_gradient_reaching_layer_1_grows_as_eta_falls():
 def test_e_step_to_n_step_ratio_is_measured_not_assumed():
   with x64:
     x, mu = clustered(6)
-    loss_fn = probe.readout_loss(jax.random.key(3), x.shape)
-    layers, totals = probe.probe_features(x, mu, loss_fn, etas=(0.5, 1.0), num_iters=3,
+    loss_fn = probes.readout_loss(jax.random.key(3), x.shape)
+    layers, totals = probes.probe_features(x, mu, loss_fn, etas=(0.5, 1.0), num_iters=3,
                                           temperature=1.3)
   assert [r["layer"] for r in layers] == [1, 2, 3, 1, 2, 3]
   ratios = [r["e_step_over_n_step"] for r in totals]
@@ -134,7 +135,7 @@ def test_command_line_probes_a_run(data_dir, tiny_run, tmp_path):
   # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
   env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   flags = tiny_flags(**tiny_run.overrides)
-  cmd = ["python", "-m", "hemnet_jax.probe", "--config=configs/demo.py", f"--workdir={tiny_run.path}",
+  cmd = ["python", "-m", "hemnet_jax.experiments.probe", "--config=configs/demo.py", f"--workdir={tiny_run.path}",
          "--etas=0.5,1.0", "--num_samples=6", f"--out={tmp_path}", *flags]
   res = subprocess.run([os.sys.executable, *cmd[1:]], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)

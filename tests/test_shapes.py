@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hemnet_jax.datasets import shapes
+from hemnet_jax.data import shapes
 
 S = shapes.IMAGE_SIZE
 

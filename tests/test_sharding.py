@@ -14,7 +14,7 @@ import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, ".")
 from configs import demo
-from hemnet_jax import sharding, train
+from hemnet_jax.training import sharding, state as state_lib, steps
 from hemnet_jax.models.hem_unit import BASES
 
 assert jax.device_count() == 8
@@ -23,8 +23,8 @@ config.model.stage_sizes, config.model.width, config.model.stem_width = (1, 1, 1
 config.model.head_channels, config.hem.num_bases = 32, 8
 config.model.decoder_channels = config.model.aux_channels = 16
 config.model.dropout, config.data.crop_size = 0.0, 32
-model = train.build_model(config)
-state = train.create_train_state(config, model, jax.random.key(0))
+model = state_lib.build_model(config)
+state = state_lib.create_train_state(config, model, jax.random.key(0))
 rng = np.random.default_rng(0)
 batch = {"image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
          "label": rng.integers(0, 11, size=(16, 32, 32)).astype(np.int32)}
@@ -35,7 +35,7 @@ def run(devices, fsdp):
   shardings = sharding.state_shardings(state, mesh, fsdp=fsdp, min_size=64)
   s = jax.device_put(state, shardings)
   b = sharding.shard_batch(batch, mesh)
-  grads_fn = jax.jit(functools.partial(train.loss_and_grads, config=config),
+  grads_fn = jax.jit(functools.partial(steps.loss_and_grads, config=config),
                      in_shardings=(shardings, sharding.batch_sharding(mesh)))
   (loss, (_, updates)), grads = grads_fn(s, b)
   n_sharded = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(s.params))

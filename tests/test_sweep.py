@@ -9,7 +9,8 @@ import sys
 import pytest
 from helpers import ROOT, tiny_config, tiny_flags
 
-from hemnet_jax import sweep, train
+from hemnet_jax.experiments import sweep
+from hemnet_jax.training import loop
 
 # A tiny model (no auxiliary head, 7x7 stem, no ELBO logging: less to compile), one training
 # step per cell, 4 validation images.
@@ -19,7 +20,7 @@ TINY_SWEEP = {"train.num_steps": 1, "train.checkpoint_every": 1, "model.aux_weig
 
 
 def test_two_by_two_subset_writes_table_1_and_table_2(data_dir, tmp_path, monkeypatch):
-  cmd = [sys.executable, "-m", "hemnet_jax.sweep", "--config=configs/demo.py",
+  cmd = [sys.executable, "-m", "hemnet_jax.experiments.sweep", "--config=configs/demo.py",
          f"--workdir={tmp_path}", "--t_train=1,2", "--etas=0.4,0.8", "--t_eval=3",
          *tiny_flags(**TINY_SWEEP)]
   # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
@@ -53,7 +54,7 @@ def test_two_by_two_subset_writes_table_1_and_table_2(data_dir, tmp_path, monkey
     assert value == f"{100 * out['miou']:.2f}" and len(out["elbo_per_iter"]) == 3
 
   # A second run of the same grid reads the finished cells: nothing trains again.
-  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("retrained a cell"))
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda *a: pytest.fail("retrained a cell"))
   again = sweep.sweep(tiny_config(data_dir, **TINY_SWEEP), tmp_path, t_trains=(1, 2),
                       etas=(0.4, 0.8), t_evals=(3,))
   assert again["table1"] == {(t, float(e)): m for (t, e), m in miou.items()}

@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import ROOT, demo, main_cmd, tiny_config, tiny_flags
 
-from hemnet_jax import config_utils, input_pipeline, train
+from hemnet_jax.data import pipeline
+from hemnet_jax.training import config as config_lib, loop, state as state_lib, steps
 
 
 def run(cmd, data_dir, **kw):
@@ -43,11 +44,11 @@ def wait_for(predicate, proc, timeout=300):
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data_dir):
   config = tiny_config(data_dir, **{"model.dropout": 0.0, "train.lr": 0.05})
-  model = train.build_model(config)
-  state = train.create_train_state(config, model, jax.random.key(0))
-  split = input_pipeline.load_split(config.data, "train")
-  batch = next(input_pipeline.train_batches(split, config.data, batch_size=8, seed=0))
-  step = jax.jit(functools.partial(train.train_step, config=config))
+  model = state_lib.build_model(config)
+  state = state_lib.create_train_state(config, model, jax.random.key(0))
+  split = pipeline.load_split(config.data, "train")
+  batch = next(pipeline.train_batches(split, config.data, batch_size=8, seed=0))
+  step = jax.jit(functools.partial(steps.train_step, config=config))
   state, m1 = step(state, batch)
   _, m2 = step(state, batch)
   assert float(m2["loss"]) < float(m1["loss"])
@@ -57,7 +58,7 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data_dir):
 def test_emanet_baseline_is_one_variant_away_and_trains(data_dir, tmp_path):
   config = tiny_config(data_dir, "emanet", **{"train.num_steps": 3})
   assert (config.hem.eta, config.hem.backprop, config.hem.l2_normalize) == (1.0, False, True)
-  summary = train.train_and_evaluate(config, tmp_path)
+  summary = loop.train_and_evaluate(config, tmp_path)
   assert summary["step"] == 3 and np.isfinite(summary["miou"])
   results = json.loads((tmp_path / "results.json").read_text())
   assert set(results["per_class_iou"]) == set(config_class_names())
@@ -65,7 +66,7 @@ def test_emanet_baseline_is_one_variant_away_and_trains(data_dir, tmp_path):
 
 
 def config_class_names():
-  from hemnet_jax.datasets import shapes
+  from hemnet_jax.data import shapes
   return shapes.CLASS_NAMES
 
 
@@ -138,6 +139,6 @@ def test_validate_names_the_field():
   config = demo.get_config()
   config.hem.kernel = "cosine"
   with pytest.raises(ValueError, match="config.hem.kernel"):
-    config_utils.validate(config)
+    config_lib.validate(config)
   with pytest.raises(ValueError, match="variant"):
     demo.get_config("emanett")

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from hemnet_jax import input_pipeline, train
-from hemnet_jax.datasets import voc_aug
+from hemnet_jax.data import pipeline
+from hemnet_jax.training import loop
+from hemnet_jax.data import voc_aug
 from helpers import ROOT, TINY
 
 from configs import voc  # noqa: E402
@@ -42,32 +43,32 @@ def compilation_cache(tmp_path):
 def test_voc_config_trains_two_steps_then_resumes_on_the_same_batches(
     fake_voc, tmp_path, monkeypatch, compilation_cache):
   seen = []
-  original = input_pipeline.train_batches
+  original = pipeline.train_batches
 
   def recording(*args, **kwargs):
     for batch in original(*args, **kwargs):
       seen.append(batch)
       yield batch
 
-  monkeypatch.setattr(input_pipeline, "train_batches", recording)
+  monkeypatch.setattr(pipeline, "train_batches", recording)
   # A fresh data dir: the run itself prepares voc_aug from the archives in manual_dir.
   data_dir, manual_dir = tmp_path / "tfds", fake_voc[1]
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
       tiny_voc(data_dir, manual_dir, **{"train.num_steps": 2}), tmp_path / "work")
   assert summary["step"] == 2 and np.isfinite(summary["miou"])
   results = json.loads((tmp_path / "work/results.json").read_text())
   assert list(results["per_class_iou"]) == list(voc_aug.CLASS_NAMES)
   # Every labelled pixel of the validation images is counted once; padding never is.
   config = tiny_voc(data_dir, manual_dir, **{"train.num_steps": 3})
-  val = input_pipeline.load_split(config.data, "validation").source
-  labelled = sum(int((input_pipeline.decode(val[i])["label"] != 255).sum()) for i in range(len(val)))
+  val = pipeline.load_split(config.data, "validation").source
+  labelled = sum(int((pipeline.decode(val[i])["label"] != 255).sum()) for i in range(len(val)))
   assert np.sum(results["confusion_matrix"]) == labelled
 
   # Resume from the step-2 checkpoint: step 3 must train on batch 3 of an uninterrupted run.
-  resumed = train.train_and_evaluate(config, tmp_path / "work")
+  resumed = loop.train_and_evaluate(config, tmp_path / "work")
   assert resumed["step"] == 3 and len(seen) == 3
-  split = input_pipeline.load_split(config.data, "train")
-  fresh = input_pipeline.train_batches(split, config.data, batch_size=config.train.batch_size,
+  split = pipeline.load_split(config.data, "train")
+  fresh = pipeline.train_batches(split, config.data, batch_size=config.train.batch_size,
                                        seed=config.seed)
   for step, (a, b) in enumerate(zip([next(fresh) for _ in range(3)], seen), start=1):
     np.testing.assert_array_equal(a["image"], b["image"], err_msg=f"step {step}")
@@ -77,8 +78,8 @@ def test_voc_config_trains_two_steps_then_resumes_on_the_same_batches(
 def test_eval_batch_of_one_image_runs_on_two_devices(fake_voc, tmp_path):
   """Whole images of varying size, one per batch, padded with ignore-only copies per device."""
   code = ("import sys; sys.path[:0] = ['.', 'tests']; from test_voc_training import tiny_voc; "
-          "from hemnet_jax import train; "
-          f"s = train.train_and_evaluate(tiny_voc({str(fake_voc[0])!r}, {str(fake_voc[1])!r}, "
+          "from hemnet_jax.training import loop; "
+          f"s = loop.train_and_evaluate(tiny_voc({str(fake_voc[0])!r}, {str(fake_voc[1])!r}, "
           "**{'train.num_steps': 1, 'train.batch_size': 2}), "
           f"{str(tmp_path)!r}); print('MIOU', s['miou'])")
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hemnet_jax import hem, hem_vjp
-from hemnet_jax.models.layers import conv_general_dilated
+from hemnet_jax import hem
+from hemnet_jax.hem import vjp as hem_vjp
+from hemnet_jax.models import layers
 
 # The collection that holds mu0. It is not "params": the optimizer never sees it;
 # training moves it by a moving average instead (EMANet's mechanism).
@@ -19,6 +20,9 @@ STATS = "hem_stats"
 # The last iteration's responsibilities gamma [B, H, W, K] (attention maps), sown
 # only when the caller makes this collection mutable.
 ATTENTION = "hem_attention"
+# Submodule names that tools look up in the variables.
+CONV_IN = "conv_in"
+MU0 = "mu0"
 
 
 def init_mu0(key, num_bases, channels, dtype=jnp.float32):
@@ -34,6 +38,12 @@ class HEMUnit(nn.Module):
   (None: same as T_train, Table 2 evaluates others), eta (Eq. 13), temperature
   sigma^2 (None: sqrt(C), Sec. 5.1). The EMANet baseline is eta=1, backprop=False,
   l2_normalize=True, temperature=1.
+
+  Two implementation choices, same values either way (tests compare them in float64):
+  backward "custom" trains through hem/vjp.py's hand-written backward pass (HEMNet's
+  case only: dot kernel, backprop, no l2 normalisation), "autodiff" through jax.grad of
+  hem/em.py; conv1x1 "matmul" runs the 1x1 convs as matmuls (models/layers.py), "xla"
+  as XLA convolutions.
   """
   num_bases: int = 64
   num_iters: int = 3
@@ -46,24 +56,39 @@ class HEMUnit(nn.Module):
   mu0_momentum: float = 0.9
   renorm_mu0: bool = False  # EMANet's release does not renormalise mu0 after averaging
   remat: bool = False  # recompute iterations in the backward pass: memory flat in T
+  backward: str = "custom"  # "custom" (hem/vjp.py) or "autodiff"
+  conv1x1: str = "matmul"  # "matmul" or "xla"
   bn_momentum: float = 0.9997
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     b, h, w, c = x.shape
-    mu0 = self.variable(BASES, "mu0", lambda: init_mu0(self.make_rng("params"), self.num_bases, c))
-    temperature = math.sqrt(c) if self.temperature is None else self.temperature
+    mu0 = self.variable(BASES, MU0, lambda: init_mu0(self.make_rng("params"), self.num_bases, c))
+    temperature = hem.default_temperature(c) if self.temperature is None else self.temperature
     num_iters = self.num_iters if train or self.num_iters_eval is None else self.num_iters_eval
 
     idn = x
-    # 1x1 convs as matmuls whose weight gradient is a row-major GEMM (models/layers.py).
-    conv1x1 = functools.partial(conv_general_dilated, row_major_weight_grad=True)
-    x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name="conv_in",
+    if self.backward not in ("custom", "autodiff"):
+      raise ValueError(f"HEMUnit.backward must be 'custom' or 'autodiff', got {self.backward!r}")
+    custom = self.backward == "custom" and self.backprop
+    if custom and (self.kernel != "dot" or self.l2_normalize):
+      raise ValueError("HEMUnit.backward='custom' covers the dot kernel without l2_normalize; "
+                       f"got kernel={self.kernel!r}, l2_normalize={self.l2_normalize}: set "
+                       "backward='autodiff' (config.hem.backward)")
+    if self.conv1x1 == "matmul":
+      # 1x1 convs as matmuls whose weight gradient is a row-major GEMM (models/layers.py).
+      conv1x1 = functools.partial(layers.conv_general_dilated, row_major_weight_grad=True)
+      conv_out_fn = lambda y_t: functools.partial(conv1x1, lhs_t=y_t)
+    elif self.conv1x1 == "xla":
+      conv1x1, conv_out_fn = jax.lax.conv_general_dilated, lambda y_t: jax.lax.conv_general_dilated
+    else:
+      raise ValueError(f"HEMUnit.conv1x1 must be 'matmul' or 'xla', got {self.conv1x1!r}")
+    x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name=CONV_IN,
                 conv_general_dilated=conv1x1)(x)
     x = x.reshape(b, h * w, c)
-    if self.kernel == "dot" and self.backprop and not self.l2_normalize:
-      # HEMNet's case: the same math with a hand-written backward pass (hem_vjp.py).
+    if custom:
+      # HEMNet's case: the same math with a hand-written backward pass (hem/vjp.py).
       x_tilde, out = hem_vjp.hem_attention(x, mu0.value, num_iters=num_iters, eta=self.eta,
                                            temperature=temperature, remat=self.remat)
     else:
@@ -91,11 +116,10 @@ class HEMUnit(nn.Module):
     y = nn.relu(x_tilde)
     # conv_out's weight gradient wants relu(x_tilde) channels-first. Eq. 10 with its operands
     # swapped writes it so in one matmul over K; the transpose it replaces ran next to
-    # conv_out's GEMM on a 2-core CPU and slowed both (3-7 % of the unit, BENCHMARKS.md).
-    y_t = jax.lax.stop_gradient(nn.relu(jnp.einsum("bkc,bnk->bcn", hem._batched(mu, b), gamma)))
-    conv_out = functools.partial(conv1x1, lhs_t=y_t.astype(self.dtype))
+    # conv_out's GEMM on a 2-core CPU and slowed both (BENCHMARKS.md).
+    y_t = jax.lax.stop_gradient(nn.relu(jnp.einsum("bkc,bnk->bcn", hem.em._batched(mu, b), gamma)))
     y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out",
-                conv_general_dilated=conv_out)(y)
+                conv_general_dilated=conv_out_fn(y_t.astype(self.dtype)))(y)
     y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
                      dtype=self.dtype, name="bn_out")(y)
     return nn.relu(y + idn)

@@ -8,9 +8,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hemnet_jax.models.hem_unit import HEMUnit
+from hemnet_jax.models.hem_unit import BASES, CONV_IN, MU0, HEMUnit
 from hemnet_jax.models.layers import conv_general_dilated
 from hemnet_jax.models.resnet import ResNet, conv
+
+
+HEM = "hem"  # the HEM unit's name in the variables
 
 
 class HEMNet(nn.Module):
@@ -25,7 +28,7 @@ class HEMNet(nn.Module):
   """
   num_classes: int
   # Backbone.
-  depth_stages: Sequence[int] = (3, 4, 23, 3)
+  stage_sizes: Sequence[int] = (3, 4, 23, 3)
   width: int = 64
   stem: str = "deep"
   stem_width: int = 128
@@ -50,14 +53,14 @@ class HEMNet(nn.Module):
     drop = functools.partial(nn.Dropout, self.dropout, broadcast_dims=(1, 2),
                              deterministic=not train)
     x = images.astype(self.dtype)
-    feats = ResNet(stage_sizes=self.depth_stages, width=self.width, stem=self.stem,
+    feats = ResNet(stage_sizes=self.stage_sizes, width=self.width, stem=self.stem,
                    stem_width=self.stem_width, output_stride=self.output_stride,
                    multi_grid=self.multi_grid, bn_momentum=self.bn_momentum, dtype=self.dtype,
                    name="backbone")(x, train)
 
     y = conv(self.head_channels, 3, name="head_conv_in", dtype=self.dtype)(feats[3])
     y = nn.relu(norm(name="head_bn_in")(y))
-    y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name="hem")(y, train)
+    y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name=HEM)(y, train)
     y = conv(self.decoder_channels, 3, name="head_conv_out", dtype=self.dtype)(y)
     y = drop()(nn.relu(norm(name="head_bn_out")(y)))
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier",
@@ -78,3 +81,14 @@ def upsample(logits, size):
   b, _, _, k = logits.shape
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   return jax.image.resize(logits, (b, *size, k), "bilinear")
+
+
+def hem_inputs(model, variables, images):
+  """(X [B, N, C], mu0 [K, C]): the HEM unit's input features, captured from its conv_in."""
+  is_conv_in = lambda mdl, method: mdl.name == CONV_IN and method == "__call__"
+  _, state = model.apply(variables, images, train=False, capture_intermediates=is_conv_in,
+                         mutable=["intermediates"])
+  x = state["intermediates"][HEM][CONV_IN]["__call__"][0]
+  # float32 even for a bfloat16 model: the probes measure gradients down to ~1e-7 of the total.
+  x = x.reshape(x.shape[0], -1, x.shape[-1]).astype(jnp.float32)
+  return x, variables[BASES][HEM][MU0]

@@ -21,9 +21,8 @@ def _pointwise_bwd(saved, d_y):
   # d w = x^T d_y contracts the long pixel axis of both. Left to itself, XLA:CPU runs
   # that as a transposed-operand dot outside its fast GEMM fusions, concurrently with
   # them; an explicit, materialised x^T (the barrier keeps XLA from folding it back)
-  # makes it a plain row-major GEMM. Measured both ways (BENCHMARKS.md): 11 % off the
-  # HEM unit at 65 x 65 x 512, but 45 % onto ResNet-101's train step at 129 crops, so
-  # only the HEM unit asks for it.
+  # makes it a plain row-major GEMM. Measured both ways (BENCHMARKS.md): faster in the
+  # HEM unit, slower in ResNet-101's train step, so only the HEM unit asks for it.
   x_t = lax.optimization_barrier(x2.T)
   d_w = jnp.dot(x_t, d_y2).astype(w.dtype)
   d_x = jnp.dot(d_y2, w.T.astype(d_y2.dtype)).reshape(x.shape).astype(x.dtype)
@@ -81,7 +80,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   A 1x1 convolution is a matmul over channels; written as one, XLA runs it (and, above
   all, its weight gradient, which it otherwise lowers to a convolution with an
   H x W window) through its GEMM: on a 2-core CPU the HEM unit's two 1x1 convs at
-  65 x 65 x 512 run forward + backward about 2.4x faster (BENCHMARKS.md).
+  65 x 65 x 512 run forward + backward much faster (BENCHMARKS.md has the figures).
   A strided 1x1 kernel (ResNet's downsampling shortcut) is the matmul of the strided
   input. Anything else goes to XLA's convolution unchanged. `row_major_weight_grad` and
   `lhs_t` (lhs channels-first, [B, C, H * W]) choose how the weight gradient is formed

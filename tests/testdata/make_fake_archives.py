@@ -133,7 +133,7 @@ CONTEXT_EXTRA = ("accordion", "candleholder", "unknown")
 
 def context_labels_txt():
   """A labels.txt whose ids are not in the 59-class order, so a wrong mapping shows."""
-  from hemnet_jax.datasets import pascal_context
+  from hemnet_jax.data import pascal_context
   names = list(CONTEXT_EXTRA) + list(reversed(pascal_context.CLASS_NAMES))
   return "".join(f"{i + 1}: {n}\n" for i, n in enumerate(names)).encode()
 

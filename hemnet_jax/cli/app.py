@@ -1,0 +1,51 @@
+"""What every program does around its work: absl flags, host set-up, one-line user errors.
+
+A program defines its flags (with `define_config_flags` where it reads a config) in its
+`if __name__ == "__main__":` block, so programs never clash over flag names when tests
+import several, and calls `start(work)`. Exit status: 0 done, 1 a user error (one
+`error:` line on stderr), 2 a usage error (absl's usage text), anything else a bug
+(its traceback).
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from hemnet_jax.cli import host_memory
+
+# Errors that mean "fix your input" (a config value, a missing file, a diverged loss):
+# reported as one line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
+def define_config_flags(workdir_help, *, config_help="A config file from configs/.",
+                        workdir_required=True):
+  """--config (a configs/ file, overridable field by field) and --workdir."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.mark_flags_as_required(["config", "workdir"] if workdir_required else ["config"])
+
+
+def run(argv, work):
+  """work() for an absl main(argv); a user error ends the process with exit status 1."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    return work()
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def start(work):
+  """Runs a program: host set-up, flag parsing, then work(flags.FLAGS) inside `run`;
+  its return value (None or an int) is the exit status."""
+  host_memory.reuse_freed_memory()  # before XLA's first computation (see host_memory.py)
+
+  def main(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    return run(argv, lambda: work(flags.FLAGS))
+
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Programs around training: predict, prepare (datasets), convert_resnet (ImageNet backbones)."""

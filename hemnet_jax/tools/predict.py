@@ -1,0 +1,113 @@
+r"""Segments images with a trained HEMNet.
+
+  python -m hemnet_jax.tools.predict --workdir DIR --images a.jpg,b.png --out OUT [--attention]
+  python -m hemnet_jax.tools.predict --checkpoint DIR/checkpoints/1200 --images a.jpg --out OUT
+
+The model is rebuilt from <workdir>/config.json and restored from the latest
+checkpoint (or the given step directory). Each image is normalised and padded as
+in evaluation, and the prediction is cropped back to the image. Per image NAME:
+  NAME_label.png      class ids, uint8 grayscale
+  NAME_mask.png       the class colours (the dataset's palette, else a generic one)
+  NAME_overlay.png    the mask blended over the image
+  NAME_attention.png  with --attention: the last HEM iteration's responsibilities,
+                      one cell per basis (see vis/render.py, attention_grid)
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from PIL import Image
+
+from hemnet_jax import cli
+from hemnet_jax.data import pipeline
+from hemnet_jax.models.hem_unit import ATTENTION
+from hemnet_jax.training import checkpoints, state as state_lib
+from hemnet_jax.vis import render
+
+
+def restore_variables(workdir, checkpoint=None):
+  """(config, model, variables, step) of a run: its latest checkpoint, or the step
+  directory `checkpoint` (<workdir>/checkpoints/<step>, whose run gives the config
+  unless `workdir` is set)."""
+  step = None
+  if checkpoint:
+    step_dir = epath.Path(checkpoint).absolute()
+    if not step_dir.name.isdigit():
+      raise FileNotFoundError(f"--checkpoint {step_dir}: expected a step directory "
+                              "<workdir>/checkpoints/<step>")
+    workdir, step = workdir or step_dir.parent.parent, int(step_dir.name)
+  config = checkpoints.load_config(workdir)
+  model = state_lib.build_model(config)
+  state, step = checkpoints.restore(workdir, state_lib.abstract_train_state(config, model), step=step)
+  return config, model, state.variables(), step
+
+
+def make_forward(model, attention=False):
+  """jitted (variables, normalised image [H, W, 3]) -> (logits [H, W, classes], gamma or None)."""
+
+  @jax.jit
+  def forward(variables, image):
+    (logits, _), updates = model.apply(variables, image[None], train=False,
+                                       mutable=[ATTENTION] if attention else [])
+    gammas = jax.tree.leaves(updates.get(ATTENTION, {}))  # one HEM unit: one sown gamma
+    return logits[0], gammas[0][0] if gammas else None
+
+  return forward
+
+
+def predict(forward, variables, image, output_stride):
+  """(label map [H, W] uint8, last-iteration gamma [h, w, K] or None) of a uint8 RGB image."""
+  h, w = image.shape[:2]
+  # Evaluation's own normalisation and padding (a dummy label rides along).
+  example = pipeline.eval_transform(
+      {"image": image, "label": np.zeros((h, w), np.uint8)}, multiple=output_stride)
+  logits, gamma = forward(variables, jnp.asarray(example["image"]))
+  label = np.asarray(jnp.argmax(logits[:h, :w], axis=-1)).astype(np.uint8)
+  return label, None if gamma is None else np.asarray(gamma)
+
+
+def write_outputs(out, name, image, label, colours, gamma=None):
+  mask = render.colourise(label, colours)
+  Image.fromarray(label).save(out / f"{name}_label.png")
+  Image.fromarray(mask).save(out / f"{name}_mask.png")
+  Image.fromarray(render.overlay(image, mask)).save(out / f"{name}_overlay.png")
+  if gamma is not None:
+    Image.fromarray(render.attention_grid(gamma)).save(out / f"{name}_attention.png")
+
+
+def run(workdir, checkpoint, images, out, attention=False):
+  """The command line's work: predictions for every image in `images`."""
+  names = [epath.Path(p).stem for p in images]
+  if len(set(names)) != len(names):
+    raise ValueError(f"--images: two images share a file name stem ({names}); outputs would collide")
+  config, model, variables, step = restore_variables(workdir, checkpoint)
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  colours = render.palette(config.data)
+  forward = make_forward(model, attention)
+  for path, name in zip(images, names):
+    image = np.asarray(Image.open(path).convert("RGB"))
+    label, gamma = predict(forward, variables, image, config.model.output_stride)
+    write_outputs(out, name, image, label, colours, gamma)
+    print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / name}_*.png", flush=True)
+  print(f"Predicted with step {step} of {config.data.name}'s model.", flush=True)
+
+
+def main(f):
+  if not f.workdir and not f.checkpoint:
+    raise ValueError("give --workdir or --checkpoint")
+  run(f.workdir, f.checkpoint, f.images, f.out, f.attention)
+
+
+if __name__ == "__main__":
+  from absl import flags
+  flags.DEFINE_string("workdir", None, "A training run (its config.json and checkpoints/).")
+  flags.DEFINE_string("checkpoint", None, "A step directory, <workdir>/checkpoints/<step>; its "
+                      "workdir gives the config unless --workdir is set.")
+  flags.DEFINE_list("images", None, "Comma-separated image files.")
+  flags.DEFINE_string("out", None, "Output directory.")
+  flags.DEFINE_bool("attention", False, "Also write the per-basis attention maps of the last "
+                    "HEM iteration.")
+  flags.mark_flags_as_required(["images", "out"])
+  cli.start(main)

@@ -1,0 +1,67 @@
+"""The train state, the model and optimizer a config describes, and a fresh state."""
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from hemnet_jax.models.hem_unit import BASES
+from hemnet_jax.models.hemnet import HEMNet
+from hemnet_jax.training import checkpoints, config as config_lib
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  hem_bases: Any  # mu0 of each HEM unit: moved by moving average, never by the optimizer
+
+  def variables(self):
+    return {"params": self.params, "batch_stats": self.batch_stats, BASES: self.hem_bases}
+
+
+def build_model(config):
+  """The HEMNet of config.model and config.hem (whose names are the modules' attributes)."""
+  config = config_lib.resolve(config)
+  return HEMNet(num_classes=config.data.num_classes, hem=flax.core.FrozenDict(config.hem.to_dict()),
+                dtype=jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32,
+                **config_lib.model_fields(config))
+
+
+def learning_rate_fn(config):
+  """Poly decay, lr * (1 - step / num_steps) ** 0.9, as EMANet."""
+  t = config.train
+  return optax.polynomial_schedule(t.lr, 0.0, t.poly_power, t.num_steps)
+
+
+def make_optimizer(config):
+  """SGD with momentum; L2 weight decay (coupled, as torch.optim.SGD) on kernels only."""
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: path[-1].key == "kernel", params)
+  return optax.chain(optax.add_decayed_weights(config.train.weight_decay, decay_mask),
+                     optax.sgd(learning_rate_fn(config), momentum=config.train.momentum))
+
+
+def create_train_state(config, model, rng, *, load_backbone=True):
+  """A fresh state; with config.model.backbone_checkpoint (and load_backbone), the
+  backbone starts from that converted ImageNet checkpoint, the heads from `rng`."""
+  pretrained = None
+  if load_backbone and config.model.backbone_checkpoint:
+    pretrained = checkpoints.load_backbone_for(config)
+  size = config.data.crop_size
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      {"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32))
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  if pretrained is not None:
+    params, batch_stats = checkpoints.replace_backbone(
+        params, batch_stats, pretrained, config.model.backbone_checkpoint)
+  return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                           hem_bases=variables.get(BASES, {}), tx=make_optimizer(config))
+
+
+def abstract_train_state(config, model):
+  """The state's structure, shapes and dtypes, without running the model's initialisation."""
+  return jax.eval_shape(functools.partial(create_train_state, config, model, jax.random.key(0),
+                                          load_backbone=False))
