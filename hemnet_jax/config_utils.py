@@ -23,6 +23,19 @@ def default_config():
       eval_size=config_dict.placeholder(int),  # None: pad each image to the stride (EMANet)
       num_threads=2,  # Grain reader threads
       prefetch=4,  # batches
+      # name="folder": the user's dataset from folders (hemnet_jax/datasets/folder.py,
+      # README "Your own dataset"), prepared as folder/<folder.name>.
+      folder=dict(
+          name=config_dict.placeholder(str),  # the dataset's name: lower case, digits, _
+          images=config_dict.placeholder(str),  # images: flat, or with train/ and val/ inside
+          labels=config_dict.placeholder(str),  # label PNGs, laid out as `images`
+          train_list=config_dict.placeholder(str),  # or `image label` lines, both lists
+          val_list=config_dict.placeholder(str),
+          ignore_ids=(),  # label ids mapped to 255 (e.g. a void class)
+          class_names_file=config_dict.placeholder(str),  # one name a line; None: class_<i>
+          holdout_fraction=0.0,  # flat folders: this fraction, drawn with holdout_seed, is val
+          holdout_seed=0,
+      ),
   )
   c.model = dict(
       stage_sizes=(3, 4, 23, 3),  # ResNet-101; (3, 4, 6, 3) is ResNet-50

@@ -7,7 +7,6 @@ position is the train state's step, which the checkpoint holds.
 """
 
 import dataclasses
-import functools
 import io
 import os
 
@@ -19,6 +18,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from hemnet_jax import datasets as _registered  # noqa: F401  (registers the builders)
+from hemnet_jax.datasets import folder
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -45,6 +45,8 @@ def data_dir(config):
 
 def _builder(config):
   kwargs = {"skip_corrupt": True} if config.get("skip_corrupt") else {}
+  if config.name == "folder":
+    kwargs.update(folder.builder_kwargs(config))
   try:
     return tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record",
                         **kwargs)
@@ -62,19 +64,20 @@ def load_split(config, split):
   <data_dir>/downloads/manual).
   """
   manual_dir = config.get("manual_dir")
-  prepare = functools.partial(
-      _builder(config).download_and_prepare, file_format="array_record",
-      download_config=tfds.download.DownloadConfig(
+  prepare = lambda: _builder(config).download_and_prepare(  # a fresh builder: none is stale
+      file_format="array_record", download_config=tfds.download.DownloadConfig(
           manual_dir=os.path.expanduser(manual_dir) if manual_dir else None))
+  # A folder dataset whose files changed since it was prepared is removed, then rebuilt.
+  is_prepared = lambda b: b.is_prepared() and not folder.discard_if_stale(b)
   builder = _builder(config)
   if jax.process_count() > 1:
     # Process 0 prepares while the others wait; hosts without a shared disk then
     # prepare their own copy.
-    if jax.process_index() == 0 and not builder.is_prepared():
+    if jax.process_index() == 0 and not is_prepared(builder):
       prepare()
     multihost_utils.sync_global_devices(f"prepare {config.name}")
     builder = _builder(config)
-  if not builder.is_prepared():
+  if not is_prepared(builder):
     prepare()
     builder = _builder(config)
   source = builder.as_data_source(split=split)

@@ -1,6 +1,11 @@
 r"""Prepares a dataset from its downloaded archives, once, before training.
 
   python -m hemnet_jax.prepare --dataset voc_aug --manual_dir ~/Downloads [--data_dir DIR]
+  python -m hemnet_jax.prepare --dataset folder --name NAME --images DIR --labels DIR \
+      --num_classes N [--ignore_ids 11] [--class_names_file F] [--holdout_fraction 0.1]
+
+The second form is your own dataset from folders (README.md, "Your own dataset"); its
+flags are config.data.folder's fields, and training with the same fields finds it.
 
 Writes array_record files to --data_dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets),
 where `python -m hemnet_jax.main` finds them. Training prepares on first use too; this
@@ -12,13 +17,25 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("dataset", None, "voc_aug, pascal_context, coco_stuff/10k or coco_stuff/164k")
+flags.DEFINE_string("dataset", None, "voc_aug, pascal_context, coco_stuff/10k, coco_stuff/164k, "
+                    "hemnet_shapes or folder")
 flags.DEFINE_string("manual_dir", None, "Folder holding the downloaded archives.")
 flags.DEFINE_string("data_dir", None,
                     "tfds data dir; default $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
 flags.DEFINE_bool("skip_corrupt", False, "Leave undecodable images/labels out (and count them) "
                   "instead of stopping.")
-flags.mark_flags_as_required(["dataset", "manual_dir"])
+# --dataset folder: config.data.folder's fields (hemnet_jax/config_utils.py) and num_classes.
+flags.DEFINE_string("name", None, "folder: the dataset's name (prepared as folder/<name>).")
+flags.DEFINE_string("images", None, "folder: the images (flat, or with train/ and val/ inside).")
+flags.DEFINE_string("labels", None, "folder: the label PNGs, laid out as --images.")
+flags.DEFINE_string("train_list", None, "folder: a file of `image label` lines (with --val_list).")
+flags.DEFINE_string("val_list", None, "folder: a file of `image label` lines (with --train_list).")
+flags.DEFINE_list("ignore_ids", [], "folder: label ids mapped to the ignore value 255.")
+flags.DEFINE_string("class_names_file", None, "folder: class names, one a line.")
+flags.DEFINE_float("holdout_fraction", 0.0, "folder: the fraction of flat folders held out as val.")
+flags.DEFINE_integer("holdout_seed", 0, "folder: the seed that draws the hold-out.")
+flags.DEFINE_integer("num_classes", None, "folder: number of classes; default: the class names'.")
+flags.mark_flags_as_required(["dataset"])
 FLAGS = flags.FLAGS
 
 
@@ -31,19 +48,45 @@ def main(argv):
   from hemnet_jax import input_pipeline
 
   data_dir = input_pipeline.data_dir(ml_collections.ConfigDict({"data_dir": FLAGS.data_dir}))
+  if not FLAGS.manual_dir and FLAGS.dataset not in ("folder", "hemnet_shapes"):
+    raise app.UsageError(f"--dataset {FLAGS.dataset} needs --manual_dir (the downloaded archives)")
   try:
+    kwargs = {}
+    if FLAGS.dataset == "folder":
+      kwargs = datasets.folder.builder_kwargs(_folder_data_config())
     builder = tfds.builder(FLAGS.dataset, data_dir=data_dir, file_format="array_record",
-                           skip_corrupt=FLAGS.skip_corrupt)
-    download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(FLAGS.manual_dir))
+                           skip_corrupt=FLAGS.skip_corrupt, **kwargs)
+    if datasets.folder.discard_if_stale(builder):
+      builder = tfds.builder(FLAGS.dataset, data_dir=data_dir, file_format="array_record",
+                             skip_corrupt=FLAGS.skip_corrupt, **kwargs)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(FLAGS.manual_dir) if FLAGS.manual_dir else None)
     builder.download_and_prepare(file_format="array_record", download_config=download_config)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
-  skipped = builder.info.metadata.get("skipped", {})
+  skipped = (builder.info.metadata or {}).get("skipped", {})  # the shapes set has no metadata
   for name, split in builder.info.splits.items():
     print(f"{FLAGS.dataset} {name}: {split.num_examples} examples"
           + (f", {len(skipped[name])} corrupt skipped" if skipped.get(name) else ""))
   print(f"prepared in {builder.data_dir}")
+
+
+def _folder_data_config():
+  """config.data for --dataset folder, from the flags."""
+  import ml_collections
+  from hemnet_jax import datasets
+  num_classes = FLAGS.num_classes
+  if num_classes is None:
+    if not FLAGS.class_names_file:
+      raise app.UsageError("--dataset folder needs --num_classes or --class_names_file")
+    num_classes = len(datasets.folder.read_class_names(FLAGS.class_names_file))
+  return ml_collections.ConfigDict({"name": "folder", "num_classes": num_classes, "folder": {
+      "name": FLAGS.name, "images": FLAGS.images, "labels": FLAGS.labels,
+      "train_list": FLAGS.train_list, "val_list": FLAGS.val_list,
+      "ignore_ids": tuple(int(i) for i in FLAGS.ignore_ids),
+      "class_names_file": FLAGS.class_names_file, "holdout_fraction": FLAGS.holdout_fraction,
+      "holdout_seed": FLAGS.holdout_seed}})
 
 
 if __name__ == "__main__":
