@@ -122,19 +122,21 @@ def train_transform(example, rng, *, crop_size, scale_range):
   return {"image": _normalize(image), "label": np.ascontiguousarray(label, np.int32)}
 
 
-def eval_transform(example, *, multiple, min_size=None):
+def eval_transform(example, *, multiple, min_size=None, plus_one=False):
   """Whole image, padded at the bottom/right to a multiple of the output stride.
 
   The padded pixels carry the ignore label, so metrics on the padded prediction
   equal metrics on the prediction cropped back to the image. `min_size` pads to at
   least that square first: one shape for every image (one compilation, and equal
-  shapes on every process) at the cost of more padding than EMANet's.
+  shapes on every process) at the cost of more padding than EMANet's. `plus_one` pads
+  to k * multiple + 1 instead, as the EMANet release's pad_inf (data.eval_padding).
   """
   example = decode(example)
   image, label = _normalize(example["image"]), example["label"].astype(np.int32)
   h, w = label.shape
   th, tw = max(h, min_size or 0), max(w, min_size or 0)
-  ph, pw = th - h + (-th % multiple), tw - w + (-tw % multiple)
+  extra = 1 if plus_one else 0
+  ph, pw = th - h + ((extra - th) % multiple), tw - w + ((extra - tw) % multiple)
   image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
   label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_LABEL)
   return {"image": image, "label": label}
@@ -161,13 +163,15 @@ def eval_batches(split, config, *, batch_size, multiple, process_index=0, proces
   varying sizes evaluate with batch_size 1, or set config.eval_size.
   """
   ds = grain.MapDataset.source(split.source)[process_index::process_count]
-  ds = ds.map(lambda ex: eval_transform(ex, multiple=multiple, min_size=config.get("eval_size")))
+  plus_one = config.get("eval_padding") == "stride_plus_one"
+  ds = ds.map(lambda ex: eval_transform(ex, multiple=multiple, min_size=config.get("eval_size"),
+                                        plus_one=plus_one))
   per_process = -(-len(split.source) // process_count)
   for start in range(0, -(-per_process // batch_size) * batch_size, batch_size):
     examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
     if not examples:  # this process ran out first: one ignore-only example of any size
       examples = [eval_transform(split.source[0], multiple=multiple,
-                                 min_size=config.get("eval_size"))]
+                                 min_size=config.get("eval_size"), plus_one=plus_one)]
       examples[0]["label"][:] = IGNORE_LABEL
     while len(examples) < max(batch_size, pad_to or 0):  # e.g. one example per device
       examples.append({"image": np.zeros_like(examples[0]["image"]),

@@ -39,6 +39,8 @@ def build_model(config, num_iters_eval=None):
       hem=flax.core.FrozenDict({**h.to_dict(), "num_iters_eval": num_iters_eval or h.num_iters_eval}),
       decoder_channels=m.decoder_channels, dropout=m.dropout, aux_weight=m.aux_weight,
       aux_channels=m.aux_channels, bn_momentum=m.bn_momentum,
+      # .get: config.json files of runs from before these fields (predict reads them).
+      align_corners=m.get("align_corners", False), concat_input=m.get("concat_input", False),
       dtype=jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32)
 
 

@@ -152,7 +152,9 @@ def _read_list(list_file, option):
       for path, what in ((image, "image"), (label, "label")):
         if not os.path.isfile(path):
           raise FileNotFoundError(f"{list_file}, line {number}: the {what} {path} does not exist")
-      example_id = os.path.splitext(parts[0])[0]
+      # The image's path from the list's folder (absolute if outside it), without suffix.
+      rel = os.path.relpath(image, root)
+      example_id = os.path.splitext(image if rel.startswith("..") else rel)[0]
       if example_id in seen:
         raise ValueError(f"{list_file}, line {number}: the image {parts[0]} is listed twice")
       seen.add(example_id)
