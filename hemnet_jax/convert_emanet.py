@@ -221,18 +221,23 @@ CONFIG_PY = '''"""The converted model's config: config.json beside this file (he
 import json
 import pathlib
 
-import ml_collections
+from hemnet_jax import config_utils
 
 
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+def _merge(config, values):
+  # Onto the default schema, so that its typed placeholders (data_dir, manual_dir...) can
+  # still be set from the command line; JSON lists are the schema's tuples.
+  for key, value in values.items():
+    if isinstance(value, dict) and key in config:
+      _merge(config[key], value)
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
 
 
 def get_config():
-  text = pathlib.Path(__file__).with_name("config.json").read_text()
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
+  config = config_utils.default_config()
+  _merge(config, json.loads(pathlib.Path(__file__).with_name("config.json").read_text()))
+  return config
 '''
 
 
