@@ -23,5 +23,5 @@ def class_names(data_config):
   return tuple(names)
 
 
-__all__ = ["CLASS_NAMES", "CocoStuff", "Folder", "HemnetShapes", "PascalContext", "VocAug", "class_names",
-           "coco_stuff", "folder", "pascal_context", "shapes", "voc_aug"]
+__all__ = ["CLASS_NAMES", "CocoStuff", "Folder", "HemnetShapes", "PascalContext", "VocAug",
+           "class_names", "coco_stuff", "folder", "pascal_context", "shapes", "voc_aug"]
