@@ -12,8 +12,8 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
-# Containers that training frameworks wrap a model's state dict in.
-WRAPPERS = ("state_dict", "model")
+# Containers that training frameworks wrap a model's state dict in ("net": EMANet's release).
+WRAPPERS = ("state_dict", "model", "net")
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -23,7 +23,7 @@ _SAFETENSORS_DTYPES = {
 
 
 def load(path):
-  """{name: np.ndarray} of the checkpoint at path, unwrapped from "state_dict"/"model"."""
+  """{name: np.ndarray} of the checkpoint at path, unwrapped from "state_dict"/"model"/"net"."""
   path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} does not exist")

@@ -7,7 +7,6 @@ position is the train state's step, which the checkpoint holds.
 """
 
 import dataclasses
-import functools
 import io
 import os
 
@@ -18,7 +17,7 @@ from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from hemnet_jax.data import IGNORE_LABEL  # importing the package registers the builders
+from hemnet_jax.data import IGNORE_LABEL, folder  # importing the package registers the builders
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -44,6 +43,8 @@ def data_dir(config):
 
 def _builder(config):
   kwargs = {"skip_corrupt": True} if config.get("skip_corrupt") else {}
+  if config.name == "folder":
+    kwargs.update(folder.builder_kwargs(config))
   try:
     return tfds.builder(config.name, data_dir=data_dir(config), file_format="array_record",
                         **kwargs)
@@ -61,19 +62,20 @@ def load_split(config, split):
   <data_dir>/downloads/manual).
   """
   manual_dir = config.get("manual_dir")
-  prepare = functools.partial(
-      _builder(config).download_and_prepare, file_format="array_record",
-      download_config=tfds.download.DownloadConfig(
+  prepare = lambda: _builder(config).download_and_prepare(  # a fresh builder: none is stale
+      file_format="array_record", download_config=tfds.download.DownloadConfig(
           manual_dir=os.path.expanduser(manual_dir) if manual_dir else None))
+  # A folder dataset whose files changed since it was prepared is removed, then rebuilt.
+  is_prepared = lambda b: b.is_prepared() and not folder.discard_if_stale(b)
   builder = _builder(config)
   if jax.process_count() > 1:
     # Process 0 prepares while the others wait; hosts without a shared disk then
     # prepare their own copy.
-    if jax.process_index() == 0 and not builder.is_prepared():
+    if jax.process_index() == 0 and not is_prepared(builder):
       prepare()
     multihost_utils.sync_global_devices(f"prepare {config.name}")
     builder = _builder(config)
-  if not builder.is_prepared():
+  if not is_prepared(builder):
     prepare()
     builder = _builder(config)
   source = builder.as_data_source(split=split)
@@ -118,19 +120,21 @@ def train_transform(example, rng, *, crop_size, scale_range):
   return {"image": _normalize(image), "label": np.ascontiguousarray(label, np.int32)}
 
 
-def eval_transform(example, *, multiple, min_size=None):
+def eval_transform(example, *, multiple, min_size=None, plus_one=False):
   """Whole image, padded at the bottom/right to a multiple of the output stride.
 
   The padded pixels carry the ignore label, so metrics on the padded prediction
   equal metrics on the prediction cropped back to the image. `min_size` pads to at
   least that square first: one shape for every image (one compilation, and equal
-  shapes on every process) at the cost of more padding than EMANet's.
+  shapes on every process) at the cost of more padding than EMANet's. `plus_one` pads
+  to k * multiple + 1 instead, as the EMANet release's pad_inf (data.eval_padding).
   """
   example = decode(example)
   image, label = _normalize(example["image"]), example["label"].astype(np.int32)
   h, w = label.shape
   th, tw = max(h, min_size or 0), max(w, min_size or 0)
-  ph, pw = th - h + (-th % multiple), tw - w + (-tw % multiple)
+  extra = 1 if plus_one else 0
+  ph, pw = th - h + ((extra - th) % multiple), tw - w + ((extra - tw) % multiple)
   image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
   label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_LABEL)
   return {"image": image, "label": label}
@@ -157,13 +161,15 @@ def eval_batches(split, config, *, batch_size, multiple, process_index=0, proces
   varying sizes evaluate with batch_size 1, or set config.eval_size.
   """
   ds = grain.MapDataset.source(split.source)[process_index::process_count]
-  ds = ds.map(lambda ex: eval_transform(ex, multiple=multiple, min_size=config.get("eval_size")))
+  plus_one = config.get("eval_padding") == "stride_plus_one"
+  ds = ds.map(lambda ex: eval_transform(ex, multiple=multiple, min_size=config.get("eval_size"),
+                                        plus_one=plus_one))
   per_process = -(-len(split.source) // process_count)
   for start in range(0, -(-per_process // batch_size) * batch_size, batch_size):
     examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
     if not examples:  # this process ran out first: one ignore-only example of any size
       examples = [eval_transform(split.source[0], multiple=multiple,
-                                 min_size=config.get("eval_size"))]
+                                 min_size=config.get("eval_size"), plus_one=plus_one)]
       examples[0]["label"][:] = IGNORE_LABEL
     while len(examples) < max(batch_size, pad_to or 0):  # e.g. one example per device
       examples.append({"image": np.zeros_like(examples[0]["image"]),

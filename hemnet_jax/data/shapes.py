@@ -296,6 +296,12 @@ class HemnetShapes(tfds.core.GeneratorBasedBuilder):
     # builders outside its package, which Python >= 3.9 environments lack.
     return epath.Path(__file__)
 
+  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
+    # Accepted as every builder accepts it (config.data.skip_corrupt, `prepare --skip_corrupt`);
+    # generated examples are never corrupt, so there is nothing to skip.
+    del skip_corrupt
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     # `dataset_info_from_configs` would look for metadata files next to this
     # module, which only exist for datasets inside the tfds package.

@@ -7,6 +7,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hemnet_jax.models.hem_unit import BASES, CONV_IN, MU0, HEMUnit
 from hemnet_jax.models.layers import conv_general_dilated
@@ -25,6 +26,10 @@ class HEMNet(nn.Module):
   - bilinear upsampling with half-pixel centres (jax.image.resize) instead of
     align_corners=True: the modern convention, and it keeps pixel centres aligned
     when the input is padded to a multiple of the output stride.
+  align_corners=True (with aux_weight=0 and eval padding to k * stride + 1, the
+  release's pad_inf) is the release exactly, for its converted weights
+  (hemnet_jax/convert_emanet.py). concat_input=True is mmsegmentation's EMAHead: a
+  3x3 conv + BN + ReLU over [backbone features, decoder output] before the classifier.
   """
   num_classes: int
   # Backbone.
@@ -43,6 +48,8 @@ class HEMNet(nn.Module):
   aux_weight: float = 0.4
   aux_channels: int = 256
   bn_momentum: float = 0.9997
+  align_corners: bool = False
+  concat_input: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -62,7 +69,12 @@ class HEMNet(nn.Module):
     y = nn.relu(norm(name="head_bn_in")(y))
     y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name=HEM)(y, train)
     y = conv(self.decoder_channels, 3, name="head_conv_out", dtype=self.dtype)(y)
-    y = drop()(nn.relu(norm(name="head_bn_out")(y)))
+    y = nn.relu(norm(name="head_bn_out")(y))
+    if self.concat_input:  # mmsegmentation's conv_cat
+      y = jnp.concatenate([feats[3], y], axis=-1)
+      y = conv(self.decoder_channels, 3, name="head_conv_cat", dtype=self.dtype)(y)
+      y = nn.relu(norm(name="head_bn_cat")(y))
+    y = drop()(y)
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier",
                      conv_general_dilated=conv_general_dilated)(y)
 
@@ -72,15 +84,32 @@ class HEMNet(nn.Module):
       a = drop()(nn.relu(norm(name="aux_bn")(a)))
       aux = upsample(nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="aux_classifier",
                           conv_general_dilated=conv_general_dilated)(a),
-                     images.shape[1:3])
-    return upsample(logits, images.shape[1:3]), aux
+                     images.shape[1:3], self.align_corners)
+    return upsample(logits, images.shape[1:3], self.align_corners), aux
 
 
-def upsample(logits, size):
+def _align_corners_matrix(n_out, n_in):
+  """[n_out, n_in] linear interpolation weights with the corner pixels' centres aligned:
+  output i samples input i * (n_in - 1) / (n_out - 1), as PyTorch's align_corners=True."""
+  src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+  lo = np.clip(np.floor(src).astype(int), 0, max(n_in - 2, 0))
+  frac = src - lo
+  m = np.zeros((n_out, n_in), np.float64)
+  m[np.arange(n_out), lo] += 1 - frac
+  m[np.arange(n_out), np.minimum(lo + 1, n_in - 1)] += frac
+  return m
+
+
+def upsample(logits, size, align_corners=False):
   """Bilinear resize of [B, h, w, K] logits to size (H, W), in float32 or wider."""
-  b, _, _, k = logits.shape
+  b, h, w, k = logits.shape
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-  return jax.image.resize(logits, (b, *size, k), "bilinear")
+  if not align_corners:
+    return jax.image.resize(logits, (b, *size, k), "bilinear")
+  # Separable: two small matmuls, exact to float32 rounding.
+  mh = jnp.asarray(_align_corners_matrix(size[0], h), logits.dtype)
+  mw = jnp.asarray(_align_corners_matrix(size[1], w), logits.dtype)
+  return jnp.einsum("Hh,bhwk,Ww->bHWk", mh, logits, mw, precision=jax.lax.Precision.HIGHEST)
 
 
 def hem_inputs(model, variables, images):

@@ -56,12 +56,13 @@ def make_forward(model, attention=False):
   return forward
 
 
-def predict(forward, variables, image, output_stride):
+def predict(forward, variables, image, output_stride, plus_one=False):
   """(label map [H, W] uint8, last-iteration gamma [h, w, K] or None) of a uint8 RGB image."""
   h, w = image.shape[:2]
   # Evaluation's own normalisation and padding (a dummy label rides along).
   example = pipeline.eval_transform(
-      {"image": image, "label": np.zeros((h, w), np.uint8)}, multiple=output_stride)
+      {"image": image, "label": np.zeros((h, w), np.uint8)}, multiple=output_stride,
+      plus_one=plus_one)
   logits, gamma = forward(variables, jnp.asarray(example["image"]))
   label = np.asarray(jnp.argmax(logits[:h, :w], axis=-1)).astype(np.uint8)
   return label, None if gamma is None else np.asarray(gamma)
@@ -88,7 +89,8 @@ def run(workdir, checkpoint, images, out, attention=False):
   forward = make_forward(model, attention)
   for path, name in zip(images, names):
     image = np.asarray(Image.open(path).convert("RGB"))
-    label, gamma = predict(forward, variables, image, config.model.output_stride)
+    label, gamma = predict(forward, variables, image, config.model.output_stride,
+                           plus_one=config.data.get("eval_padding") == "stride_plus_one")
     write_outputs(out, name, image, label, colours, gamma)
     print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / name}_*.png", flush=True)
   print(f"Predicted with step {step} of {config.data.name}'s model.", flush=True)

@@ -36,8 +36,24 @@ def default_config():
       scale_range=(0.5, 2.0),
       eval_batch_size=1,
       eval_size=config_dict.placeholder(int),  # None: pad each image to the stride (EMANet)
+      # "stride": pad each side to a multiple of the output stride; "stride_plus_one": to
+      # k * stride + 1, the EMANet release's pad_inf (its align_corners=True upsampling).
+      eval_padding="stride",
       num_threads=2,  # Grain reader threads
       prefetch=4,  # batches
+      # name="folder": the user's dataset from folders (hemnet_jax/data/folder.py,
+      # README "Your own dataset"), prepared as folder/<folder.name>.
+      folder=dict(
+          name=config_dict.placeholder(str),  # the dataset's name: lower case, digits, _
+          images=config_dict.placeholder(str),  # images: flat, or with train/ and val/ inside
+          labels=config_dict.placeholder(str),  # label PNGs, laid out as `images`
+          train_list=config_dict.placeholder(str),  # or `image label` lines, both lists
+          val_list=config_dict.placeholder(str),
+          ignore_ids=(),  # label ids mapped to 255 (e.g. a void class)
+          class_names_file=config_dict.placeholder(str),  # one name a line; None: class_<i>
+          holdout_fraction=0.0,  # flat folders: this fraction, drawn with holdout_seed, is val
+          holdout_seed=0,
+      ),
   )
   c.model = dict(
       stage_sizes=(3, 4, 23, 3),  # ResNet-101; (3, 4, 6, 3) is ResNet-50
@@ -52,6 +68,10 @@ def default_config():
       aux_weight=0.4,  # auxiliary FCN head on stage 3; 0 removes it
       aux_channels=256,
       bn_momentum=0.9997,  # Flax's convention; PyTorch's 3e-4 as EMANet
+      # EMANet's release upsamples its logits with align_corners=True (convert_emanet.py);
+      # False is half-pixel centres, as mmsegmentation.
+      align_corners=False,
+      concat_input=False,  # mmsegmentation's EMAHead: conv_cat over [features, decoder output]
       # A directory from `python -m hemnet_jax.tools.convert_resnet`: the ImageNet backbone a new
       # run starts from (docs/pretrained.md). None: random initialisation.
       backbone_checkpoint=config_dict.placeholder(str),
@@ -161,6 +181,8 @@ def validate(config):
   _check(m.stem in ("deep", "torchvision"), "model.stem",
          f"must be 'deep' or 'torchvision', got {m.stem!r}")
   _check(len(m.stage_sizes) == 4, "model.stage_sizes", f"needs 4 stages, got {m.stage_sizes}")
+  _check(d.get("eval_padding", "stride") in ("stride", "stride_plus_one"), "data.eval_padding",
+         f"must be 'stride' or 'stride_plus_one', got {d.get('eval_padding')!r}")
   _check(t.dtype in ("float32", "bfloat16"), "train.dtype",
          f"must be 'float32' or 'bfloat16', got {t.dtype!r}")
   _check(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from hemnet_jax.data import shapes
+from hemnet_jax.data import folder, shapes
 
 # Datasets that define their own colour code; the others get `generic_palette`.
 PALETTES = {"hemnet_shapes": shapes.PALETTE}
@@ -25,6 +25,9 @@ def palette(data_config):
   """[256, 3] uint8 colours of config.data's classes."""
   colours = generic_palette()
   own = PALETTES.get(data_config.name)
+  if data_config.name == "folder":  # the first palette label's colours, stored when prepared
+    from hemnet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    own = folder.palette(data_config, pipeline.data_dir(data_config))
   if own is not None and len(own) >= data_config.num_classes:
     colours[:len(own)] = np.asarray(own, np.uint8)
   return colours
