@@ -23,7 +23,6 @@ from ml_collections import config_flags  # noqa: F401  (the config file loader m
 from torch import nn
 
 from hemnet_jax.data import pipeline
-from hemnet_jax.tools import convert_emanet
 from hemnet_jax.training import checkpoints, sharding, state as state_lib
 from tests import torch_reference
 

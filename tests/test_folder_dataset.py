@@ -12,7 +12,6 @@ from PIL import Image
 
 from hemnet_jax.data import pipeline
 from hemnet_jax.training import config as config_lib
-from hemnet_jax.data import folder
 
 H, W = 40, 48
 VOID = 11  # the fixture's void class, remapped to 255
