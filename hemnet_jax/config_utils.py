@@ -32,6 +32,7 @@ def default_config():
       output_stride=8,
       multi_grid=(1, 2, 4),
       head_channels=512,  # C, the HEM unit's channels
+      head="hem",  # "fcn": the same head with the HEM unit left out (no attention), for ablations
       decoder_channels=256,
       dropout=0.1,
       aux_weight=0.4,  # auxiliary FCN head on stage 3; 0 removes it
@@ -108,6 +109,7 @@ def validate(config):
   _check(h.temperature is None or h.temperature > 0, "hem.temperature",
          f"must be > 0, got {h.temperature!r}")
   _check(h.kernel in ("dot", "gaussian"), "hem.kernel", f"must be 'dot' or 'gaussian', got {h.kernel!r}")
+  _check(m.head in ("hem", "fcn"), "model.head", f"must be 'hem' or 'fcn', got {m.head!r}")
   _check(m.output_stride in (8, 16, 32), "model.output_stride",
          f"must be 8, 16 or 32, got {m.output_stride}")
   _check(m.stem in ("deep", "torchvision"), "model.stem",

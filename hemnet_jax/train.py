@@ -35,7 +35,7 @@ def build_model(config, num_iters_eval=None):
   return HEMNet(
       num_classes=config.data.num_classes, depth_stages=tuple(m.stage_sizes), width=m.width,
       stem=m.stem, stem_width=m.stem_width, output_stride=m.output_stride,
-      multi_grid=tuple(m.multi_grid), head_channels=m.head_channels,
+      multi_grid=tuple(m.multi_grid), head_channels=m.head_channels, head=m.head,
       hem=flax.core.FrozenDict({**h.to_dict(), "num_iters_eval": num_iters_eval or h.num_iters_eval}),
       decoder_channels=m.decoder_channels, dropout=m.dropout, aux_weight=m.aux_weight,
       aux_channels=m.aux_channels, bn_momentum=m.bn_momentum,
@@ -70,7 +70,7 @@ def create_train_state(config, model, rng, *, load_backbone=True):
     params, batch_stats = backbone_checkpoint.replace_backbone(
         params, batch_stats, pretrained, config.model.backbone_checkpoint)
   return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
-                           hem_bases=variables[BASES], tx=make_optimizer(config))
+                           hem_bases=variables.get(BASES, {}), tx=make_optimizer(config))
 
 
 def loss_and_grads(state, batch, *, config):
@@ -93,10 +93,10 @@ def train_step(state, batch, *, config):
   """One SGD step; BN statistics and mu0 move with the global batch."""
   (loss, (main, updates)), grads = loss_and_grads(state, batch, config=config)
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"],
-                                hem_bases=updates[BASES])
+                                hem_bases=updates.get(BASES, {}))  # {}: no HEM unit
   out = {"loss": loss, "main_loss": main, "lr": learning_rate_fn(config)(state.step - 1)}
   if config.train.log_elbo:  # [T] per HEM unit: Eq. 3 after each iteration
-    for path, elbo in jax.tree_util.tree_flatten_with_path(updates[STATS])[0]:
+    for path, elbo in jax.tree_util.tree_flatten_with_path(updates.get(STATS, {}))[0]:
       out["elbo/" + "/".join(str(getattr(k, "key", k)) for k in path[:-2])] = elbo
   return state, out
 
