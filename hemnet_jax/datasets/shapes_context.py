@@ -1,8 +1,8 @@
 """A shapes set whose objects are classified by evidence elsewhere in the image: `hemnet_context`.
 
 Built into tfds on first use, like `hemnet_shapes` (whose drawing code it reuses).
-Every image holds one or two groups of objects on `hemnet_shapes`' background. A
-group has a class c (1-4) and its own random pair of colours, and is made of
+Every image holds a group of objects on `hemnet_shapes`' background. A group has a
+class c (1-4) and its own random pair of colours, and is made of
 
 - one *key*: a small object with class c's shape and texture from `hemnet_shapes`
   (square / checkerboard, triangle / horizontal stripes, star / vertical stripes,
@@ -11,11 +11,12 @@ group has a class c (1-4) and its own random pair of colours, and is made of
   drawn in the group's colours.
 
 Every object is labelled with its group's class. A decoy's neighbourhood looks the
-same whatever its class: only the key with the same colours, at least
-`MIN_KEY_DISTANCE` pixels away, tells which class it is. Decoys cover most of the
-foreground, so a head that sees only a neighbourhood loses most of its mIoU, while
-global attention, which averages features over pixels that look alike (here: the
-same colours), can carry the key's class to its decoys.
+same whatever its class: only its key, at least `MIN_KEY_DISTANCE` pixels away,
+tells which class it is. Decoys cover most of the foreground, so a head that sees
+only a neighbourhood loses most of its mIoU, while global attention, which
+averages features over all the image's foreground, can carry the key's class to its
+decoys. With MAX_GROUPS = 2 an image may hold two groups of different classes, told
+apart only by their colours (a harder variant; docs/attention_experiment.md).
 """
 
 from collections.abc import Iterator
@@ -37,10 +38,13 @@ CLASS_NAMES = ("background",) + tuple(name for name, _, _ in _KEYS)
 NUM_CLASSES = len(CLASS_NAMES)
 PALETTE = shapes.PALETTE[:NUM_CLASSES]
 
-MIN_GROUPS, MAX_GROUPS = 1, 2
+MIN_GROUPS, MAX_GROUPS = 1, 1  # 2: two groups, told apart by colour only (harder)
 MIN_DECOYS, MAX_DECOYS = 2, 3  # per group
-KEY_RADIUS = (9.0, 12.0)
+KEY_RADIUS = (10.0, 13.0)
 DECOY_RADIUS = (11.0, 15.0)
+# True: a key is its class's shape filled with its class's colour (PALETTE); False: its
+# class's shape and texture in the group's colours (to be matched with its decoys by colour).
+KEY_COLOURS = True
 MIN_KEY_DISTANCE = 40.0  # pixels between a key's centre and its decoys' centres
 GAP = 3.0  # pixels between any two objects' circumcircles
 # Two groups' colours: every colour of one at least this far from every colour of the other.
@@ -116,8 +120,13 @@ def render_example(rng: np.random.Generator) -> tuple[Array, Array]:
       break
   for x, y, r, is_key, g in placed:
     class_id = int(classes[g])
-    _, shape, texture = _KEYS[class_id - 1] if is_key else ("decoy", shapes._disc, shapes._dots)
-    _paint(image, label, rng, class_id, shape, texture, (x, y), r, colours[g])
+    if is_key and KEY_COLOURS:  # the class's own solid colour: seen at a glance
+      colour = np.asarray(shapes.PALETTE[class_id], np.float32)
+      _paint(image, label, rng, class_id, _KEYS[class_id - 1][1], shapes._solid, (x, y), r,
+             (colour, colour))
+    else:
+      _, shape, texture = _KEYS[class_id - 1] if is_key else ("decoy", shapes._disc, shapes._dots)
+      _paint(image, label, rng, class_id, shape, texture, (x, y), r, colours[g])
   image = image + rng.normal(0, shapes.NOISE_SIGMA, size=image.shape)
   return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
