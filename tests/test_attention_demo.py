@@ -58,6 +58,17 @@ def test_examples_are_deterministic_and_labelled_by_group():
       assert (label == c).sum() > 2 * np.pi * shapes_context.DECOY_RADIUS[0] ** 2 * 0.9
 
 
+def test_the_key_is_drawn_in_its_class_colour():
+  assert shapes_context.KEY_COLOURS
+  for i in range(20):
+    image, label = shapes_context.render_example(np.random.default_rng([0, i]))
+    (c,) = set(np.unique(label)) - {0}
+    colour = np.asarray(shapes_context.PALETTE[c], np.float32)
+    near = np.abs(image.astype(np.float32) - colour).max(-1) < 4 * shapes.NOISE_SIGMA
+    # At least a quarter of the smallest key's disc (a star fills about a third of it).
+    assert (near & (label == c)).sum() > 0.25 * np.pi * shapes_context.KEY_RADIUS[0] ** 2
+
+
 def test_decoys_look_alike_whatever_their_class():
   """A decoy's pixels are drawn from its colours and shared texture alone: swapping the
   class a group gets leaves the image unchanged, only the label changes."""

@@ -1,22 +1,22 @@
 """A shapes set whose objects are classified by evidence elsewhere in the image: `hemnet_context`.
 
 Built into tfds on first use, like `hemnet_shapes` (whose drawing code it reuses).
-Every image holds a group of objects on `hemnet_shapes`' background. A group has a
-class c (1-4) and its own random pair of colours, and is made of
+Every image holds a group of objects on `hemnet_shapes`' background: a class c (1-4),
+its own random pair of colours, and
 
-- one *key*: a small object with class c's shape and texture from `hemnet_shapes`
-  (square / checkerboard, triangle / horizontal stripes, star / vertical stripes,
-  cross / diagonal stripes), drawn in the group's colours;
+- one *key*: a small object with class c's shape (square, triangle, star, cross)
+  filled with class c's own colour (`PALETTE`);
 - two or three *decoys*: larger discs with the same dotted texture for every class,
-  drawn in the group's colours.
+  drawn in the group's random colours.
 
 Every object is labelled with its group's class. A decoy's neighbourhood looks the
-same whatever its class: only its key, at least `MIN_KEY_DISTANCE` pixels away,
+same whatever its class: only the key, at least `MIN_KEY_DISTANCE` pixels away,
 tells which class it is. Decoys cover most of the foreground, so a head that sees
-only a neighbourhood loses most of its mIoU, while global attention, which
-averages features over all the image's foreground, can carry the key's class to its
-decoys. With MAX_GROUPS = 2 an image may hold two groups of different classes, told
-apart only by their colours (a harder variant; docs/attention_experiment.md).
+only a neighbourhood loses most of its mIoU, while global attention, which can
+average features over all the image's objects, can carry the key's class to the
+decoys. Two harder settings, measured in docs/attention_experiment.md: KEY_COLOURS =
+False (the key has class c's `hemnet_shapes` texture, in the group's colours) and
+MAX_GROUPS = 2 (two groups of different classes, told apart only by their colours).
 """
 
 from collections.abc import Iterator
