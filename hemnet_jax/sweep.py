@@ -152,7 +152,10 @@ def sweep(base, workdir, *, t_trains, etas, emanet=False, fcn=False, t_evals=(),
   workdir.mkdir(parents=True, exist_ok=True)
   columns = list(etas) + ([EMANET] if emanet else []) + ([FCN] if fcn else [])
   # One seed keeps the single-seed directory names (and reads cells trained before --seeds).
-  run_seeds = list(seeds) if len(seeds) > 1 else [seeds[0] if seeds else None]
+  if len(seeds) == 1:
+    base = base.copy_and_resolve_references()
+    base.seed = int(seeds[0])
+  run_seeds = list(seeds) if len(seeds) > 1 else [None]
   shown = None if len(seeds) <= 1 else list(seeds)
   fcn_runs = [run_cell(base, workdir, t_trains[0], FCN, s)["miou"] for s in run_seeds] if fcn else None
   table1 = {(t, c): fcn_runs if c == FCN else [run_cell(base, workdir, t, c, s)["miou"]

@@ -120,3 +120,30 @@ def test_cell_config_sets_seed_and_head():
   assert sweep.cell_name(3, sweep.FCN, 2) == "fcn_seed2" and sweep.cell_name(3, 0.2, 0) == "T3_eta0.2_seed0"
   assert sweep.mean_std([0.5]) == (0.5, 0.0)
   assert sweep.mean_std([0.4, 0.6]) == pytest.approx((0.5, np.sqrt(0.02)))
+
+
+def test_seed_names_and_means_without_training(tmp_path, monkeypatch):
+  """One seed keeps the plain cell names (with config.seed set); several get suffixes."""
+  trained = []
+
+  def fake_train(config, cell):
+    trained.append((cell.name, config.seed, config.model.head))
+    miou = 0.1 * config.seed + (0.0 if config.model.head == "fcn" else 0.5)
+    return {"miou": miou, "step": config.train.num_steps}
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  base = tiny_config("/nonexistent")
+  out = sweep.sweep(base, tmp_path / "one", t_trains=(3,), etas=(0.5,), fcn=True, seeds=(5,))
+  assert sorted(trained) == [("T3_eta0.5", 5, "hem"), ("fcn", 5, "fcn")]
+  assert out["table1"] == {(3, 0.5): pytest.approx(1.0), (3, sweep.FCN): pytest.approx(0.5)}
+
+  trained.clear()
+  out = sweep.sweep(base, tmp_path / "three", t_trains=(3,), etas=(0.5,), fcn=True, seeds=(0, 1, 2))
+  assert sorted(trained) == sorted([(f"T3_eta0.5_seed{s}", s, "hem") for s in (0, 1, 2)]
+                                   + [(f"fcn_seed{s}", s, "fcn") for s in (0, 1, 2)])
+  assert out["table1_seeds"][3, 0.5] == pytest.approx((0.5, 0.6, 0.7))
+  assert out["table1"][3, sweep.FCN] == pytest.approx(0.1)
+  md = (tmp_path / "three" / "table1.md").read_text()
+  assert "| 3 | **60.00 ± 10.00 (50.00, 60.00, 70.00)** | **10.00 ± 10.00 (0.00, 10.00, 20.00)** |" in md
+  with pytest.raises(ValueError, match="--seeds"):
+    sweep.sweep(base, tmp_path / "dup", t_trains=(3,), etas=(0.5,), seeds=(1, 1))
