@@ -3,17 +3,18 @@
 Importing this package registers the builders with tfds.
 """
 
-from hemnet_jax.data import coco_stuff, folder, pascal_context, shapes, voc_aug
+from hemnet_jax.data import coco_stuff, folder, pascal_context, shapes, shapes_context, voc_aug
 from hemnet_jax.data._segmentation import IGNORE_LABEL
 from hemnet_jax.data.coco_stuff import CocoStuff
 from hemnet_jax.data.folder import Folder
 from hemnet_jax.data.pascal_context import PascalContext
 from hemnet_jax.data.shapes import HemnetShapes
+from hemnet_jax.data.shapes_context import HemnetContext
 from hemnet_jax.data.voc_aug import VocAug
 
 # Class names of each registered dataset, for IoU tables and summaries.
-CLASS_NAMES = {"hemnet_shapes": shapes.CLASS_NAMES, "voc_aug": voc_aug.CLASS_NAMES,
-               "pascal_context": pascal_context.CLASS_NAMES,
+CLASS_NAMES = {"hemnet_shapes": shapes.CLASS_NAMES, "hemnet_context": shapes_context.CLASS_NAMES,
+               "voc_aug": voc_aug.CLASS_NAMES, "pascal_context": pascal_context.CLASS_NAMES,
                "coco_stuff": coco_stuff.CLASS_NAMES}
 
 
@@ -27,5 +28,5 @@ def class_names(data_config):
   return tuple(names)
 
 
-__all__ = ["CLASS_NAMES", "IGNORE_LABEL", "CocoStuff", "Folder", "HemnetShapes", "PascalContext", "VocAug",
-           "class_names", "coco_stuff", "folder", "pascal_context", "shapes", "voc_aug"]
+__all__ = ["CLASS_NAMES", "IGNORE_LABEL", "CocoStuff", "Folder", "HemnetContext", "HemnetShapes", "PascalContext", "VocAug",
+           "class_names", "coco_stuff", "folder", "pascal_context", "shapes", "shapes_context", "voc_aug"]

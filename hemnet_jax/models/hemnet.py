@@ -42,6 +42,7 @@ class HEMNet(nn.Module):
   # Head: C channels into the HEM unit, and the unit's settings (HEMUnit's fields:
   # num_bases K, num_iters, num_iters_eval, eta, temperature, l2_normalize, ...).
   head_channels: int = 512
+  head: str = "hem"  # "fcn": the same head without the HEM unit (the ablation)
   hem: Mapping[str, Any] = flax.core.FrozenDict()
   decoder_channels: int = 256
   dropout: float = 0.1
@@ -67,7 +68,8 @@ class HEMNet(nn.Module):
 
     y = conv(self.head_channels, 3, name="head_conv_in", dtype=self.dtype)(feats[3])
     y = nn.relu(norm(name="head_bn_in")(y))
-    y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name=HEM)(y, train)
+    if self.head == "hem":
+      y = HEMUnit(**self.hem, bn_momentum=self.bn_momentum, dtype=self.dtype, name=HEM)(y, train)
     y = conv(self.decoder_channels, 3, name="head_conv_out", dtype=self.dtype)(y)
     y = nn.relu(norm(name="head_bn_out")(y))
     if self.concat_input:  # mmsegmentation's conv_cat

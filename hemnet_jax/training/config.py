@@ -63,6 +63,7 @@ def default_config():
       output_stride=8,
       multi_grid=(1, 2, 4),
       head_channels=512,  # C, the HEM unit's channels
+      head="hem",  # "fcn": the same head with the HEM unit left out (no attention), for ablations
       decoder_channels=256,
       dropout=0.1,
       aux_weight=0.4,  # auxiliary FCN head on stage 3; 0 removes it
@@ -176,6 +177,7 @@ def validate(config):
          "hem.backward", "'custom' covers the dot kernel without l2_normalize; set "
          "--config.hem.backward=autodiff for this unit")
   _check(h.conv1x1 in ("matmul", "xla"), "hem.conv1x1", f"must be 'matmul' or 'xla', got {h.conv1x1!r}")
+  _check(m.head in ("hem", "fcn"), "model.head", f"must be 'hem' or 'fcn', got {m.head!r}")
   _check(m.output_stride in (8, 16, 32), "model.output_stride",
          f"must be 8, 16 or 32, got {m.output_stride}")
   _check(m.stem in ("deep", "torchvision"), "model.stem",

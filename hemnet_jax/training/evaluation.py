@@ -20,6 +20,7 @@ import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
@@ -59,7 +60,8 @@ def iteration_elbo(state, model, batch):
   @jax.jit
   def elbos(variables, images):
     _, updates = model.apply(variables, images, train=False, mutable=[STATS])
-    return jax.tree.leaves(updates[STATS])[0]  # one HEM unit, sown once
+    leaves = jax.tree.leaves(updates.get(STATS, {}))  # one HEM unit, sown once
+    return leaves[0] if leaves else jnp.zeros((0,))  # model.head="fcn": no HEM unit
   return np.asarray(elbos(state.variables(), batch["image"]))
 
 

@@ -30,10 +30,10 @@ def train_step(state, batch, *, config):
   """One SGD step; BN statistics and mu0 move with the global batch."""
   (loss, (main, updates)), grads = loss_and_grads(state, batch, config=config)
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"],
-                                hem_bases=updates[BASES])
+                                hem_bases=updates.get(BASES, {}))  # {}: no HEM unit
   out = {"loss": loss, "main_loss": main, "lr": learning_rate_fn(config)(state.step - 1)}
   if config.train.log_elbo:  # [T] per HEM unit: Eq. 3 after each iteration
-    for path, elbo in jax.tree_util.tree_flatten_with_path(updates[STATS])[0]:
+    for path, elbo in jax.tree_util.tree_flatten_with_path(updates.get(STATS, {}))[0]:
       out["elbo/" + "/".join(str(getattr(k, "key", k)) for k in path[:-2])] = elbo
   return state, out
 
