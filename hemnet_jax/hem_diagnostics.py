@@ -91,3 +91,8 @@ def mu0_diagnostics(mu0):
       "median_norm": float(np.median(norms)),
       "max_norm": float(norms.max()),
   }
+
+
+def gamma_diagnostics(entropy_sum, mass, count):
+  """{"entropy", "bases_in_use"} from entropy_sums' statistics (summed over batches)."""
+  return {"entropy": entropy_sum / count, "bases_in_use": bases_in_use_from_mass(mass)}

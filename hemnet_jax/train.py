@@ -16,9 +16,9 @@ from absl import logging
 from etils import epath
 from flax.training import train_state
 
-from hemnet_jax import (backbone_checkpoint, config_utils, datasets, input_pipeline, metrics,
-                        sharding)
-from hemnet_jax.models.hem_unit import BASES, STATS
+from hemnet_jax import (backbone_checkpoint, config_utils, datasets, hem_diagnostics,
+                        input_pipeline, metrics, sharding)
+from hemnet_jax.models.hem_unit import BASES, DIAGNOSTICS, STATS
 from hemnet_jax.models.hemnet import HEMNet
 
 
@@ -76,7 +76,7 @@ def create_train_state(config, model, rng, *, load_backbone=True):
 def loss_and_grads(state, batch, *, config):
   """(loss, main-head loss, updated BN statistics / mu0 / ELBOs), gradients."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-  collections = ["batch_stats", BASES] + ([STATS] if config.train.log_elbo else [])
+  collections = ["batch_stats", BASES, DIAGNOSTICS] + ([STATS] if config.train.log_elbo else [])
 
   def loss_fn(params):
     (logits, aux), updates = state.apply_fn(
@@ -98,7 +98,26 @@ def train_step(state, batch, *, config):
   if config.train.log_elbo:  # [T] per HEM unit: Eq. 3 after each iteration
     for path, elbo in jax.tree_util.tree_flatten_with_path(updates[STATS])[0]:
       out["elbo/" + "/".join(str(getattr(k, "key", k)) for k in path[:-2])] = elbo
+  for unit, sums in _per_unit(updates[DIAGNOSTICS]).items():  # gamma^(T) of this batch
+    for name, value in hem_diagnostics.gamma_diagnostics(**sums).items():
+      out[f"attention/{unit}/{name}"] = value
   return state, out
+
+
+def _per_unit(sown):
+  """{HEM unit path: {name: value}} of a collection each unit sowed once per name."""
+  units = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(sown)[0]:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    units.setdefault("/".join(keys[:-2]), {})[keys[-2]] = value
+  return units
+
+
+def mu0_report(hem_bases):
+  """{HEM unit path: hem_diagnostics.mu0_diagnostics} of the state's mu0 (on the host)."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path[:-1]):
+          hem_diagnostics.mu0_diagnostics(jax.device_get(mu0))
+          for path, mu0 in jax.tree_util.tree_flatten_with_path(hem_bases)[0]}
 
 
 def jit_train_step(config, mesh, state_sharding, donate=True):
@@ -111,8 +130,11 @@ def jit_train_step(config, mesh, state_sharding, donate=True):
 
 
 def eval_step(state, batch, *, num_classes):
-  logits, _ = state.apply_fn(state.variables(), batch["image"], train=False)
-  return metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
+  """(confusion matrix, the HEM units' gamma statistics to sum over the split)."""
+  (logits, _), updates = state.apply_fn(state.variables(), batch["image"], train=False,
+                                        mutable=[DIAGNOSTICS])
+  cm = metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
+  return cm, updates[DIAGNOSTICS]
 
 
 def evaluate(state, model, split, config, mesh, step_fn=eval_step):
@@ -125,14 +147,22 @@ def evaluate(state, model, split, config, mesh, step_fn=eval_step):
   # ignore-only examples up to a multiple of its device count.
   local_batch = -(-config.data.eval_batch_size // jax.process_count())
   n = jax.local_device_count()
-  cm = 0
+  cm, sums = 0, None
   for batch in input_pipeline.eval_batches(
       split, config.data, batch_size=local_batch, multiple=config.model.output_stride,
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_to=-(-local_batch // n) * n):
-    cm = cm + step(state, sharding.shard_batch(batch, mesh))
+    out = step(state, sharding.shard_batch(batch, mesh))
+    if isinstance(out, tuple):  # eval_step: gamma statistics too (a multi-scale step has none)
+      out, new = out
+      sums = new if sums is None else jax.tree.map(jnp.add, sums, new)
+    cm = cm + out
   cm = np.asarray(jax.device_get(cm))
-  return metrics.summarize(cm, datasets.class_names(config.data)), cm
+  summary = metrics.summarize(cm, datasets.class_names(config.data))
+  if sums is not None:  # on the split, padding included; ignore-label pixels are not left out
+    summary["attention"] = {unit: {k: float(v) for k, v in hem_diagnostics.gamma_diagnostics(
+        **jax.device_get(s)).items()} for unit, s in _per_unit(sums).items()}
+  return summary, cm
 
 
 class _Preemption:
@@ -204,7 +234,7 @@ def train_and_evaluate(config, workdir):
       ips = len(history) * config.train.batch_size / (time.time() - t_last)
       logging.info("process %d step %d loss %.8f", jax.process_index(), step, means["loss"])
       if is_main:
-        _write_train(writer, step, means, ips)
+        _write_train(writer, step, means, ips, mu0_report(state.hem_bases))
         eta = (num_steps - step) * config.train.batch_size / ips
         print(f"step {step}/{num_steps}  loss {means['loss']:.4f}  lr {means['lr']:.2e}  "
               f"{ips:.1f} img/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
@@ -226,11 +256,13 @@ def train_and_evaluate(config, workdir):
   summary, cm = evaluate(state, model, eval_split, config, mesh)
   summary = {"step": int(state.step), "num_iters_eval": config.hem.num_iters_eval or config.hem.num_iters,
              **summary, "confusion_matrix": cm.tolist()}
+  for unit, diag in mu0_report(state.hem_bases).items():  # gamma's (validation) + mu0's
+    summary.setdefault("attention", {}).setdefault(unit, {}).update(diag)
   if is_main:
     _write_eval(writer, summary)
     (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"Final evaluation at step {summary['step']} on '{config.data.eval_split}':\n"
-          + metrics.format_table(summary), flush=True)
+          + metrics.format_table(summary) + "\n" + format_attention(summary), flush=True)
     writer.close()
   return summary
 
@@ -240,7 +272,22 @@ def _summary_writer(workdir):
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
-def _write_train(writer, step, means, images_per_sec):
+def format_attention(summary):
+  """One line per HEM unit: the diagnostics of summary["attention"]."""
+  lines = []
+  for unit, d in summary.get("attention", {}).items():
+    gamma = (f"entropy {d['entropy']:.3f}  bases in use {d['bases_in_use']:.2f}  "
+             if "entropy" in d else "")
+    lines.append(f"HEM unit '{unit}': {gamma}distinct bases in mu0 {d['distinct_bases']}  "
+                 f"cosine max {d['max_cosine']:.4f} median {d['median_cosine']:.4f}  ||mu0_k|| "
+                 f"min {d['min_norm']:.3g} median {d['median_norm']:.3g} max {d['max_norm']:.3g}")
+  return "\n".join(lines)
+
+
+def _write_train(writer, step, means, images_per_sec, mu0_diagnostics=None):
+  for unit, diag in (mu0_diagnostics or {}).items():
+    for k, v in diag.items():
+      writer.add_scalar(f"train/attention/{unit}/mu0_{k}", float(v), step)
   for k, v in means.items():
     if k.startswith("elbo/"):
       for t, e in enumerate(np.atleast_1d(v), start=1):
@@ -255,6 +302,9 @@ def _write_eval(writer, summary):
   step = summary["step"]
   writer.add_scalar("eval/miou", summary["miou"], step)
   writer.add_scalar("eval/pixel_accuracy", summary["pixel_accuracy"], step)
+  for unit, diag in summary.get("attention", {}).items():
+    for k, v in diag.items():
+      writer.add_scalar(f"eval/attention/{unit}/{k}", float(v), step)
   for name, iou in summary["per_class_iou"].items():
     if iou is not None:
       writer.add_scalar(f"eval/iou/{name}", iou, step)

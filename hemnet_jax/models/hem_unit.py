@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hemnet_jax import hem, hem_vjp
+from hemnet_jax import hem, hem_diagnostics, hem_vjp
 from hemnet_jax.models.layers import conv_general_dilated
 
 # The collection that holds mu0. It is not "params": the optimizer never sees it;
@@ -19,6 +19,9 @@ STATS = "hem_stats"
 # The last iteration's responsibilities gamma [B, H, W, K] (attention maps), sown
 # only when the caller makes this collection mutable.
 ATTENTION = "hem_attention"
+# The last iteration's gamma summarised (hem_diagnostics.entropy_sums: entropy sum, mass
+# per basis, pixel count), sown only when the caller makes this collection mutable.
+DIAGNOSTICS = "hem_diagnostics"
 
 
 def init_mu0(key, num_bases, channels, dtype=jnp.float32):
@@ -77,6 +80,11 @@ class HEMUnit(nn.Module):
 
     if self.is_mutable_collection(ATTENTION):
       self.sow(ATTENTION, "gamma", gamma.reshape(b, h, w, self.num_bases))
+
+    if self.is_mutable_collection(DIAGNOSTICS):  # scalars and [K]: cheap to keep every step
+      sums = hem_diagnostics.entropy_sums(jax.lax.stop_gradient(gamma))
+      for name, value in zip(("entropy_sum", "mass", "count"), sums):
+        self.sow(DIAGNOSTICS, name, jnp.asarray(value, jnp.float32))
 
     if self.is_mutable_collection(STATS):
       xs = jax.lax.stop_gradient(x)
