@@ -114,6 +114,8 @@ def run(config, workdir):
   state, step = restore_state(config, model, workdir / "checkpoints", mesh)
   split = input_pipeline.load_split(config.data, config.data.eval_split)
   summary, cm = train.evaluate(state, model, split, config, mesh, step_fn=step_fn_for(config))
+  for unit, diag in train.mu0_report(state.hem_bases).items():  # with gamma's (single-scale)
+    summary.setdefault("attention", {}).setdefault(unit, {}).update(diag)
   first = next(input_pipeline.eval_batches(split, config.data, batch_size=config.data.eval_batch_size,
                                            multiple=config.model.output_stride))
   t_eval = config.hem.num_iters_eval or config.hem.num_iters
@@ -126,5 +128,6 @@ def run(config, workdir):
     path = workdir / f"eval_{result['protocol']}_T{t_eval}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"Evaluation ({result['protocol']}, T_eval {t_eval}) of step {step} on "
-          f"'{config.data.eval_split}':\n{metrics.format_table(summary)}\nWrote {path}", flush=True)
+          f"'{config.data.eval_split}':\n{metrics.format_table(summary)}\n"
+          f"{train.format_attention(summary)}\nWrote {path}", flush=True)
   return result

@@ -278,9 +278,10 @@ def format_attention(summary):
   for unit, d in summary.get("attention", {}).items():
     gamma = (f"entropy {d['entropy']:.3f}  bases in use {d['bases_in_use']:.2f}  "
              if "entropy" in d else "")
-    lines.append(f"HEM unit '{unit}': {gamma}distinct bases in mu0 {d['distinct_bases']}  "
-                 f"cosine max {d['max_cosine']:.4f} median {d['median_cosine']:.4f}  ||mu0_k|| "
-                 f"min {d['min_norm']:.3g} median {d['median_norm']:.3g} max {d['max_norm']:.3g}")
+    mu0 = (f"distinct bases in mu0 {d['distinct_bases']}  cosine max {d['max_cosine']:.4f} "
+           f"median {d['median_cosine']:.4f}  ||mu0_k|| min {d['min_norm']:.3g} median "
+           f"{d['median_norm']:.3g} max {d['max_norm']:.3g}" if "distinct_bases" in d else "")
+    lines.append(f"HEM unit '{unit}': {gamma}{mu0}")
   return "\n".join(lines)
 
 

@@ -104,3 +104,19 @@ def test_gamma_diagnostics_run_under_jit():
   gamma = one_hot_gamma([0, 1] * 4, 4)
   assert float(jax.jit(hd.bases_in_use)(gamma)) == pytest.approx(2.0, rel=1e-5)
   assert float(jax.jit(hd.responsibility_entropy)(gamma)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_train_reports_name_the_unit_and_show_each_number():
+  from hemnet_jax import train
+  a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+  report = train.mu0_report({"hem": {"mu0": np.stack([a, 3 * a, b])}})
+  assert report["hem"]["distinct_bases"] == 2 and report["hem"]["max_norm"] == pytest.approx(3)
+  sown = {"hem": {"entropy_sum": (jnp.float32(1.5),), "mass": (jnp.array([1.0, 1.0, 0.0]),),
+                  "count": (jnp.float32(3.0),)}}
+  sums = train._per_unit(sown)["hem"]
+  gamma = hd.gamma_diagnostics(**sums)
+  assert float(gamma["entropy"]) == pytest.approx(0.5)
+  assert float(gamma["bases_in_use"]) == pytest.approx(2.0, rel=1e-5)
+  line = train.format_attention({"attention": {"hem": {
+      **{k: float(v) for k, v in gamma.items()}, **report["hem"]}}})
+  assert line.startswith("HEM unit 'hem': entropy 0.500  bases in use 2.00  distinct bases in mu0 2")
