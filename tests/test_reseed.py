@@ -52,3 +52,15 @@ def test_a_collapsed_unit_comes_out_of_training_distinct_only_with_reseeding():
     if threshold is None:
       assert abs(float(d["entropy"]) - 1) < 1e-5
       assert abs(float(d["bases_in_use"]) - 4) < 1e-4
+
+
+def test_reseeding_is_off_in_the_paper_and_in_the_emanet_release():
+  from hemnet_jax import config_utils
+  import pytest
+  assert config_utils.default_config().hem.reseed_cosine is None
+  c = config_utils.apply_variant(config_utils.default_config(), "emanet")
+  c.hem.reseed_cosine = 0.95
+  assert config_utils.apply_variant(c, "emanet").hem.reseed_cosine is None
+  c.hem.reseed_cosine = 1.0
+  with pytest.raises(ValueError, match="hem.reseed_cosine"):
+    config_utils.validate(c)
