@@ -80,6 +80,12 @@ def test_scale_one_without_flip_is_single_scale(data_dir, run):
   ss = evaluation.run(tiny_config(data_dir, **RUN), run)
   assert (ms["protocol"], ss["protocol"]) == ("ms", "ss")
   assert ms["confusion_matrix"] == ss["confusion_matrix"]
+  # Attention diagnostics: mu0's in both, gamma's only from the single-scale eval_step.
+  assert ms["attention"]["hem"]["distinct_bases"] == ss["attention"]["hem"]["distinct_bases"] >= 1
+  assert "entropy" not in ms["attention"]["hem"]
+  assert 0 <= ss["attention"]["hem"]["entropy"] <= 1 and 1 <= ss["attention"]["hem"]["bases_in_use"]
+  trained = json.loads((run / "results.json").read_text())["attention"]["hem"]
+  assert trained == {k: pytest.approx(v, rel=1e-5) for k, v in ss["attention"]["hem"].items()}
   # The single-scale protocol is the training loop's own final evaluation.
   assert ss["confusion_matrix"] == json.loads((run / "results.json").read_text())["confusion_matrix"]
 

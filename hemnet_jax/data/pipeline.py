@@ -175,3 +175,19 @@ def eval_batches(split, config, *, batch_size, multiple, process_index=0, proces
       examples.append({"image": np.zeros_like(examples[0]["image"]),
                        "label": np.full_like(examples[0]["label"], IGNORE_LABEL)})
     yield {k: np.stack([e[k] for e in examples]) for k in ("image", "label")}
+
+
+def fixed_samples(config, num_samples):
+  """The first num_samples training images, normalised and padded as in evaluation."""
+  split = load_split(config.data, config.data.train_split)
+  if num_samples > split.num_examples:
+    raise ValueError(f"--num_samples={num_samples}: the training split has {split.num_examples}")
+  # One padded size for all: at least the crop (VOC's 513 holds every image), or eval_size.
+  size = max(config.data.crop_size, config.data.get("eval_size") or 0)
+  ex = [eval_transform(split.source[i], multiple=config.model.output_stride,
+                       min_size=size) for i in range(num_samples)]
+  shapes = {e["image"].shape for e in ex}
+  if len(shapes) > 1:
+    raise ValueError(f"the probe's samples differ in size ({shapes}): set config.data.eval_size "
+                     "to at least the largest")
+  return np.stack([e["image"] for e in ex])

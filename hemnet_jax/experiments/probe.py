@@ -23,7 +23,6 @@ run) and figure3.png, all of them side by side.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from etils import epath
 
 from hemnet_jax import cli
@@ -34,22 +33,6 @@ from hemnet_jax.training import checkpoints, config as config_lib, sharding, sta
 from hemnet_jax.vis import plots
 
 
-def _samples(config, num_samples):
-  """The first num_samples training images, normalised and padded as in evaluation."""
-  split = pipeline.load_split(config.data, config.data.train_split)
-  if num_samples > split.num_examples:
-    raise ValueError(f"--num_samples={num_samples}: the training split has {split.num_examples}")
-  # One padded size for all: at least the crop (VOC's 513 holds every image), or eval_size.
-  size = max(config.data.crop_size, config.data.get("eval_size") or 0)
-  ex = [pipeline.eval_transform(split.source[i], multiple=config.model.output_stride,
-                                min_size=size) for i in range(num_samples)]
-  shapes = {e["image"].shape for e in ex}
-  if len(shapes) > 1:
-    raise ValueError(f"the probe's samples differ in size ({shapes}): set config.data.eval_size "
-                     "to at least the largest")
-  return jnp.asarray(np.stack([e["image"] for e in ex]))
-
-
 def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
   """The command line's work; returns the output directory."""
   config = config_lib.validate(config)
@@ -57,7 +40,7 @@ def run(config, workdir, *, etas, num_samples, at_init=False, out=None, seed=0):
   out = epath.Path(out) if out else workdir / "probe"
   out.mkdir(parents=True, exist_ok=True)
   model = state_lib.build_model(config)
-  images = _samples(config, num_samples)
+  images = jnp.asarray(pipeline.fixed_samples(config, num_samples))
   kw = dict(num_iters=config.hem.num_iters, temperature=config.hem.temperature,
             kernel=config.hem.kernel)
   capture = jax.jit(lambda v, im: hem_inputs(model, v, im))

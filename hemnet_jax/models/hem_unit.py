@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from hemnet_jax import hem
+from hemnet_jax.hem import diagnostics as hem_diagnostics
 from hemnet_jax.hem import vjp as hem_vjp
 from hemnet_jax.models import layers
 
@@ -23,12 +24,35 @@ ATTENTION = "hem_attention"
 # Submodule names that tools look up in the variables.
 CONV_IN = "conv_in"
 MU0 = "mu0"
+# The last iteration's gamma summarised (hem_diagnostics.entropy_sums: entropy sum, mass
+# per basis, pixel count), sown only when the caller makes this collection mutable.
+DIAGNOSTICS = "hem_diagnostics"
 
 
 def init_mu0(key, num_bases, channels, dtype=jnp.float32):
   """K bases drawn from N(0, sqrt(2/K)) and l2-normalised over C, as EMANet."""
   mu0 = jax.random.normal(key, (num_bases, channels), dtype) * math.sqrt(2.0 / num_bases)
   return hem.l2_normalize(mu0)
+
+
+def reseed_duplicates(mu0, x, err, threshold, normalize=False):
+  """mu0 [K, C] with every basis whose cosine to an earlier basis exceeds `threshold`
+  replaced by a feature x_n [B, N, C]: the worst reconstructed ones (largest err [B, N]),
+  a different pixel for each basis.
+
+  Why: bases that coincide get identical gamma and identical updates from then on, so a
+  duplicate is lost for good; the moving average drives mu0 there whenever the features
+  vary along few directions more than the temperature (docs/collapse.md). A re-seeded
+  basis starts where the current bases explain the batch worst, as a k-means split.
+  """
+  k = mu0.shape[0]
+  unit = hem.l2_normalize(mu0)
+  duplicate = jnp.any(jnp.tril(unit @ unit.T > threshold, -1), axis=1)  # [K]
+  flat_x, flat_err = x.reshape(-1, x.shape[-1]), err.reshape(-1)
+  _, worst = jax.lax.top_k(flat_err, k)
+  seeds = flat_x[worst].astype(mu0.dtype)
+  seeds = hem.l2_normalize(seeds) if normalize else seeds
+  return jnp.where(duplicate[:, None], seeds, mu0)
 
 
 class HEMUnit(nn.Module):
@@ -55,6 +79,9 @@ class HEMUnit(nn.Module):
   kernel: str = "dot"
   mu0_momentum: float = 0.9
   renorm_mu0: bool = False  # EMANet's release does not renormalise mu0 after averaging
+  # Beyond the paper and EMANet (docs/collapse.md): after the moving average, a basis of mu0
+  # whose cosine to an earlier basis exceeds this is re-seeded (`reseed_duplicates`). None: off.
+  reseed_cosine: Optional[float] = None
   remat: bool = False  # recompute iterations in the backward pass: memory flat in T
   backward: str = "custom"  # "custom" (hem/vjp.py) or "autodiff"
   conv1x1: str = "matmul"  # "matmul" or "xla"
@@ -103,6 +130,11 @@ class HEMUnit(nn.Module):
     if self.is_mutable_collection(ATTENTION):
       self.sow(ATTENTION, "gamma", gamma.reshape(b, h, w, self.num_bases))
 
+    if self.is_mutable_collection(DIAGNOSTICS):  # scalars and [K]: cheap to keep every step
+      sums = hem_diagnostics.entropy_sums(jax.lax.stop_gradient(gamma))
+      for name, value in zip(("entropy_sum", "mass", "count"), sums):
+        self.sow(DIAGNOSTICS, name, jnp.asarray(value, jnp.float32))
+
     if self.is_mutable_collection(STATS):
       xs = jax.lax.stop_gradient(x)
       elbos = jax.vmap(lambda m, g: hem.elbo(xs, m, g, temperature).mean())(out.mus, out.gammas)
@@ -111,7 +143,12 @@ class HEMUnit(nn.Module):
     if train and not self.is_initializing():
       mu_mean = jnp.mean(jax.lax.stop_gradient(mu), axis=0)  # over the global batch
       new = self.mu0_momentum * mu0.value + (1.0 - self.mu0_momentum) * mu_mean
-      mu0.value = hem.l2_normalize(new) if self.renorm_mu0 else new
+      new = hem.l2_normalize(new) if self.renorm_mu0 else new
+      if self.reseed_cosine is not None:
+        err = jnp.sum(jnp.square(jax.lax.stop_gradient(x - x_tilde.reshape(b, h * w, c))), -1)
+        new = reseed_duplicates(new, jax.lax.stop_gradient(x), err, self.reseed_cosine,
+                                normalize=self.renorm_mu0)
+      mu0.value = new
 
     y = nn.relu(x_tilde)
     # conv_out's weight gradient wants relu(x_tilde) channels-first. Eq. 10 with its operands

@@ -88,6 +88,9 @@ def default_config():
       kernel="dot",  # "dot" (Eq. 8) or "gaussian" (Eq. 7)
       mu0_momentum=0.9,
       renorm_mu0=False,  # as EMANet's release: mu0 is not renormalised after averaging
+      # Not in the paper: re-seed a basis of mu0 whose cosine to another exceeds this with
+      # the worst-reconstructed pixel's feature (docs/collapse.md). None: off (paper, EMANet).
+      reseed_cosine=config_dict.placeholder(float),
       remat=False,  # True: recompute the iterations in the backward pass (memory flat in T)
       backward="custom",  # "custom": hem/vjp.py's hand-written backward pass; "autodiff": jax.grad
       conv1x1="matmul",  # the HEM unit's 1x1 convs: "matmul" or "xla" (XLA's convolution)
@@ -126,6 +129,7 @@ def apply_variant(config, variant):
     config.hem.l2_normalize = True
     config.hem.temperature = 1.0  # logits = X mu, no temperature
     config.hem.backward = "autodiff"  # no gradient through the iterations anyway
+    config.hem.reseed_cosine = None  # the release never re-seeds a basis
     return config
   raise ValueError(f"config variant must be 'hemnet' or 'emanet', got {variant!r} "
                    "(as in --config configs/voc.py:emanet)")
@@ -170,6 +174,8 @@ def validate(config):
          f"must be >= 1, got {h.num_iters_eval!r}")
   _check(h.temperature is None or h.temperature > 0, "hem.temperature",
          f"must be > 0, got {h.temperature!r}")
+  _check(h.reseed_cosine is None or -1.0 < h.reseed_cosine < 1.0, "hem.reseed_cosine",
+         f"must be None or in (-1, 1), got {h.reseed_cosine!r}")
   _check(h.kernel in ("dot", "gaussian"), "hem.kernel", f"must be 'dot' or 'gaussian', got {h.kernel!r}")
   _check(h.backward in ("custom", "autodiff"), "hem.backward",
          f"must be 'custom' or 'autodiff', got {h.backward!r}")

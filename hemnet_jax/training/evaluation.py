@@ -27,7 +27,7 @@ from etils import epath
 from hemnet_jax import data
 from hemnet_jax.data import pipeline
 from hemnet_jax.models.hem_unit import STATS
-from hemnet_jax.training import checkpoints, config as config_lib, metrics, sharding, steps
+from hemnet_jax.training import attention, checkpoints, config as config_lib, metrics, sharding, steps
 from hemnet_jax.training.state import abstract_train_state, build_model
 
 
@@ -45,14 +45,22 @@ def evaluate(state, model, split, config, mesh, step_fn=steps.eval_step):
   # ignore-only examples up to a multiple of its device count.
   local_batch = -(-config.data.eval_batch_size // jax.process_count())
   n = jax.local_device_count()
-  cm = 0
+  cm, sums = 0, None
   for batch in pipeline.eval_batches(
       split, config.data, batch_size=local_batch, multiple=config.model.output_stride,
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_to=-(-local_batch // n) * n):
-    cm = cm + step(state, sharding.shard_batch(batch, mesh))
+    out = step(state, sharding.shard_batch(batch, mesh))
+    if isinstance(out, tuple):  # eval_step: gamma statistics too (a multi-scale step has none)
+      out, new = out
+      sums = new if sums is None else jax.tree.map(jnp.add, sums, new)
+    cm = cm + out
   cm = np.asarray(jax.device_get(cm))
-  return metrics.summarize(cm, data.class_names(config.data)), cm
+  summary = metrics.summarize(cm, data.class_names(config.data))
+  if sums:  # on the split, padding included; ignore-label pixels are not left out
+    summary["attention"] = {unit: {k: float(v) for k, v in diag.items()}
+                            for unit, diag in attention.gamma_report(jax.device_get(sums)).items()}
+  return summary, cm
 
 
 def iteration_elbo(state, model, batch):
@@ -75,6 +83,7 @@ def run(config, workdir):
                                     fsdp=config.train.fsdp)
   split = pipeline.load_split(config.data, config.data.eval_split)
   summary, cm = evaluate(state, model, split, config, mesh, step_fn=steps.eval_step_for(config))
+  attention.add_mu0(summary, state.hem_bases)  # with gamma's (single-scale)
   first = next(pipeline.eval_batches(split, config.data, batch_size=config.data.eval_batch_size,
                                            multiple=config.model.output_stride))
   t_eval = config.hem.num_iters_eval
@@ -87,5 +96,6 @@ def run(config, workdir):
     path = workdir / f"eval_{result['protocol']}_T{t_eval}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"Evaluation ({result['protocol']}, T_eval {t_eval}) of step {step} on "
-          f"'{config.data.eval_split}':\n{metrics.format_table(summary)}\nWrote {path}", flush=True)
+          f"'{config.data.eval_split}':\n{metrics.format_table(summary)}\n"
+          f"{attention.format_attention(summary)}\nWrote {path}", flush=True)
   return result

@@ -10,7 +10,8 @@ from absl import logging
 from etils import epath
 
 from hemnet_jax.data import pipeline
-from hemnet_jax.training import checkpoints, config as config_lib, evaluation, metrics, sharding, steps
+from hemnet_jax.training import (attention, checkpoints, config as config_lib, evaluation, metrics,
+                                 sharding, steps)
 from hemnet_jax.training.state import build_model, create_train_state
 
 
@@ -80,7 +81,7 @@ def train_and_evaluate(config, workdir):
       ips = len(history) * config.train.batch_size / (time.time() - t_last)
       logging.info("process %d step %d loss %.8f", jax.process_index(), step, means["loss"])
       if is_main:
-        _write_train(writer, step, means, ips)
+        _write_train(writer, step, means, ips, attention.mu0_report(state.hem_bases))
         eta = (num_steps - step) * config.train.batch_size / ips
         print(f"step {step}/{num_steps}  loss {means['loss']:.4f}  lr {means['lr']:.2e}  "
               f"{ips:.1f} img/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
@@ -102,11 +103,12 @@ def train_and_evaluate(config, workdir):
   summary, cm = evaluation.evaluate(state, model, eval_split, config, mesh)
   summary = {"step": int(state.step), "num_iters_eval": config.hem.num_iters_eval,
              **summary, "confusion_matrix": cm.tolist()}
+  attention.add_mu0(summary, state.hem_bases)  # gamma's (validation) + mu0's
   if is_main:
     _write_eval(writer, summary)
     (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"Final evaluation at step {summary['step']} on '{config.data.eval_split}':\n"
-          + metrics.format_table(summary), flush=True)
+          + metrics.format_table(summary) + "\n" + attention.format_attention(summary), flush=True)
     writer.close()
   return summary
 
@@ -116,7 +118,10 @@ def _summary_writer(workdir):
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
-def _write_train(writer, step, means, images_per_sec):
+def _write_train(writer, step, means, images_per_sec, mu0_diagnostics=None):
+  for unit, diag in (mu0_diagnostics or {}).items():
+    for k, v in diag.items():
+      writer.add_scalar(f"train/attention/{unit}/mu0_{k}", float(v), step)
   for k, v in means.items():
     if k.startswith("elbo/"):
       for t, e in enumerate(np.atleast_1d(v), start=1):
@@ -131,6 +136,9 @@ def _write_eval(writer, summary):
   step = summary["step"]
   writer.add_scalar("eval/miou", summary["miou"], step)
   writer.add_scalar("eval/pixel_accuracy", summary["pixel_accuracy"], step)
+  for unit, diag in summary.get("attention", {}).items():
+    for k, v in diag.items():
+      writer.add_scalar(f"eval/attention/{unit}/{k}", float(v), step)
   for name, iou in summary["per_class_iou"].items():
     if iou is not None:
       writer.add_scalar(f"eval/iou/{name}", iou, step)

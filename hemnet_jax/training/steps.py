@@ -5,15 +5,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from hemnet_jax.models.hem_unit import BASES, STATS
-from hemnet_jax.training import metrics, sharding
+from hemnet_jax.models.hem_unit import BASES, DIAGNOSTICS, STATS
+from hemnet_jax.training import attention, metrics, sharding
 from hemnet_jax.training.state import learning_rate_fn
 
 
 def loss_and_grads(state, batch, *, config):
   """(loss, main-head loss, updated BN statistics / mu0 / ELBOs), gradients."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-  collections = ["batch_stats", BASES] + ([STATS] if config.train.log_elbo else [])
+  collections = ["batch_stats", BASES, DIAGNOSTICS] + ([STATS] if config.train.log_elbo else [])
 
   def loss_fn(params):
     (logits, aux), updates = state.apply_fn(
@@ -35,6 +35,9 @@ def train_step(state, batch, *, config):
   if config.train.log_elbo:  # [T] per HEM unit: Eq. 3 after each iteration
     for path, elbo in jax.tree_util.tree_flatten_with_path(updates.get(STATS, {}))[0]:
       out["elbo/" + "/".join(str(getattr(k, "key", k)) for k in path[:-2])] = elbo
+  for unit, diag in attention.gamma_report(updates.get(DIAGNOSTICS, {})).items():
+    for name, value in diag.items():  # gamma^(T) of this batch
+      out[f"attention/{unit}/{name}"] = value
   return state, out
 
 
@@ -48,8 +51,11 @@ def jit_train_step(config, mesh, state_sharding, donate=True):
 
 
 def eval_step(state, batch, *, num_classes):
-  logits, _ = state.apply_fn(state.variables(), batch["image"], train=False)
-  return metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
+  """(confusion matrix, the HEM units' gamma statistics to sum over the split)."""
+  (logits, _), updates = state.apply_fn(state.variables(), batch["image"], train=False,
+                                        mutable=[DIAGNOSTICS])
+  cm = metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
+  return cm, updates.get(DIAGNOSTICS, {})
 
 
 def averaged_probabilities(logits_fn, images, *, scales, flip, multiple):
