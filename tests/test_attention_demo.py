@@ -108,7 +108,7 @@ def test_builder_prepares_both_splits(tmp_path, monkeypatch):
 
 
 def _model(head):
-  return HEMNet(num_classes=5, depth_stages=(1, 1, 1, 1), width=4, stem_width=8,
+  return HEMNet(num_classes=5, stage_sizes=(1, 1, 1, 1), width=4, stem_width=8,
                 head_channels=16, decoder_channels=8, aux_channels=8, head=head,
                 hem={"num_bases": 4, "num_iters": 2})
 
