@@ -2,8 +2,9 @@
 
   python -m hemnet_jax.main --config configs/demo.py --workdir /tmp/hemnet_demo
 
-Expected: val mIoU 74.33 % after 1,500 steps, about 4 minutes with dataset generation on an
-idle 2-core CPU with AVX-512 (the run is deterministic: the same code gives the same figure).
+Expected: val mIoU 74.25 % after 1,500 steps (about 4 minutes with dataset generation on an
+idle 2-core CPU with AVX-512; the run is deterministic: the same code gives the same figure),
+and the final report's attention line: 2 distinct bases of 16 in mu0 (docs/collapse.md).
 `--config configs/demo.py:emanet` gives the EMANet baseline of the same size (74.62 % at an
 earlier commit). The same code as the paper's model at a small width and depth; the HEM
 settings are the paper's (eta 0.5, T_train 3, temperature sqrt(C)).
