@@ -23,7 +23,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from hemnet_jax.data import shapes
 
@@ -131,19 +130,14 @@ def render_example(rng: np.random.Generator) -> tuple[Array, Array]:
   return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
-class HemnetContext(tfds.core.GeneratorBasedBuilder):
-  """Procedural set whose decoys take their class from a distant key (no download needed)."""
+class HemnetContext(shapes.HemnetShapes):
+  """Procedural set whose decoys take their class from a distant key (no download needed).
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)  # as HemnetShapes: no importlib_resources lookup
+  HemnetShapes' version, code path and `skip_corrupt`; its own examples.
+  """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    features = shapes.HemnetShapes._info(self).features  # the same images, labels and ids
+    features = super()._info().features  # the same images, labels and ids
     return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features,
                                  supervised_keys=None, homepage=None)
 
