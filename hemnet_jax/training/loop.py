@@ -51,6 +51,8 @@ def train_and_evaluate(config, workdir, *, allow_config_change=False):
   try:
     return _train(config, workdir, mngr, restored or state, resumed_at, changes, model, mesh,
                   state_sharding, train_split, eval_split)
+  except Exception as e:  # a collective that failed because a peer process died: name it
+    raise preemption_lib.peer_failure(e) or e
   finally:
     checkpoints.close(mngr)  # no orbax thread outlives the run, even after an error
 

@@ -34,3 +34,40 @@ class Preemption:
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self.requested))
     return [i for i, f in enumerate(np.ravel(flags)) if f]
+
+
+class PeerLost(RuntimeError):
+  """Another process of the run stopped: this one stops too, with one line naming it."""
+  user_error = True  # cli.run prints it as one `error:` line
+
+
+def peer_failure(error, timeout=120.0):
+  """A PeerLost naming the processes that stopped, when `error` (raised by a collective of a
+  multi-process run) came from a peer that died; None for an error of this process's own.
+
+  Asks the coordination service which processes still send heartbeats; it answers once the
+  dead ones missed theirs (--heartbeat_timeout), so this waits at most `timeout` seconds.
+  """
+  if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+    return None
+  import threading
+  from jax._src import distributed
+  everyone, answer = list(range(jax.process_count())), []
+
+  def ask():
+    try:
+      answer.append(set(distributed.global_state.client.get_live_nodes(everyone)))
+    except Exception:  # pylint: disable=broad-except  (the coordinator, process 0, is gone)
+      answer.append({i for i in everyone if i != 0})
+
+  thread = threading.Thread(target=ask, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  dead = sorted(set(everyone) - answer[0]) if answer else None
+  if dead == []:
+    return None
+  who = f"process {', '.join(map(str, dead))}" if dead else "another process"
+  return PeerLost(
+      f"{who} of this {len(everyone)}-process run stopped (killed, crashed or unreachable), so "
+      f"process {jax.process_index()} stops too. See {who}'s log for why; re-run the same "
+      "command on every host to resume from the newest checkpoint.")
