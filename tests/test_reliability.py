@@ -49,7 +49,7 @@ def short_run(data_dir, tmp_path_factory):
 
 
 def test_killed_at_random_moments_the_rerun_ends_bit_identical(data_dir, tmp_path):
-  flags = tiny_flags(**{**SHORT, "train.num_steps": 16, "train.checkpoint_every": 4})
+  flags = tiny_flags(**{**SHORT, "train.num_steps": 12, "train.checkpoint_every": 4})
   ref = subprocess.run(main_cmd(tmp_path / "ref", *flags), cwd=ROOT, env=env(data_dir),
                        capture_output=True, text=True, timeout=600)
   assert ref.returncode == 0, ref.stderr
@@ -58,7 +58,7 @@ def test_killed_at_random_moments_the_rerun_ends_bit_identical(data_dir, tmp_pat
   # Every write lingers 1 s before it commits, so that half the kills land inside one.
   slow = env(data_dir, **{"HEMNET_TEST_SAVE_DELAY_S": "1"})
   in_write = 0
-  for kill in range(4):
+  for kill in range(3):
     proc = subprocess.Popen(main_cmd(work, *flags), cwd=ROOT, env=slow, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     inside = kill % 2 == 0
@@ -79,7 +79,7 @@ def test_killed_at_random_moments_the_rerun_ends_bit_identical(data_dir, tmp_pat
   assert final.returncode == 0, final.stderr
   assert "Resumed from" in final.stdout
   a, b = results(tmp_path / "ref"), results(work)
-  assert a["step"] == b["step"] == 16
+  assert a["step"] == b["step"] == 12
   assert a["confusion_matrix"] == b["confusion_matrix"] and a["miou"] == b["miou"]
 
 
@@ -177,3 +177,51 @@ def test_a_full_disk_stops_with_the_workdir_named_and_the_last_checkpoint_intact
   assert f"writing a checkpoint under {tmp_path} failed (the disk is full)" in error[0]
   assert "(steps [1]) are intact" in error[0]
   assert "RESTORED 1 True [1]" in res.stdout
+
+
+def launch_two(workdir, logs, port, data_dir):
+  """launch/local.sh with two processes of a long run; (launcher, {process index: pid})."""
+  flags = tiny_flags(**{**SHORT, "train.num_steps": 10_000, "train.checkpoint_every": 10_000})
+  cmd = ["launch/local.sh", "-n", "2", "-p", str(port), "-l", str(logs), "--",
+         *main_cmd(workdir, *flags, "--heartbeat_timeout=10")]
+  launcher = subprocess.Popen(cmd, cwd=ROOT, env=env(data_dir), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+  pids, t0 = {}, time.time()
+  while len(pids) < 2:
+    assert launcher.poll() is None and time.time() - t0 < 60
+    for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                              text=True).stdout.split():
+      args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+      pids.update({int(a.split(b"=")[1]): int(pid) for a in args if a.startswith(b"--process_id=")})
+    time.sleep(0.1)
+  return launcher, pids
+
+
+def wait_for_line(log, text, launcher, timeout=400):
+  t0 = time.time()
+  while not (log.exists() and text in log.read_text()):
+    assert launcher.poll() is None, log.read_text()[-3000:]
+    assert time.time() - t0 < timeout
+    time.sleep(0.1)
+
+
+def test_hosts_share_a_preemption_notice_and_name_a_dead_peer(data_dir, tmp_path):
+  work, logs = tmp_path / "mp", tmp_path / "logs"
+  # SIGTERM to process 1 alone: both save the same step and exit.
+  launcher, pids = launch_two(work, logs, 12393, data_dir)
+  wait_for_line(logs / "process_0.log", "step 2/", launcher)
+  os.kill(pids[1], signal.SIGTERM)
+  launcher.wait(timeout=120)
+  log0 = (logs / "process_0.log").read_text()
+  saved = [l for l in log0.splitlines() if l.startswith("SIGTERM: saved a checkpoint at step")]
+  assert saved and saved[0].endswith("exiting (the notice reached process [1]).")
+  step = int(saved[0].split("step ")[1].split(";")[0])
+  assert checkpoints.committed_steps(work) == [step]
+
+  # Process 1 killed: process 0 stops within the heartbeat timeout, naming it.
+  launcher, pids = launch_two(work, tmp_path / "logs2", 12394, data_dir)
+  wait_for_line(tmp_path / "logs2" / "process_0.log", f"step {step + 2}/", launcher)
+  os.kill(pids[1], signal.SIGKILL)
+  launcher.wait(timeout=120)  # a hang fails here
+  log0 = (tmp_path / "logs2" / "process_0.log").read_text()
+  assert "error: process 1 of this 2-process run stopped" in log0, log0[-3000:]

@@ -61,9 +61,9 @@ def manager(workdir, *, keep=None, read_only=False):
                             "(train it first with --mode train)")
   options = (ocp.CheckpointManagerOptions(read_only=True) if read_only else
              ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-  delay = float(os.environ.get(_SAVE_DELAY_ENV, 0))
-  handlers = _SlowHandler(delay) if delay and not read_only else None
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  if float(os.environ.get(_SAVE_DELAY_ENV, 0)):
+    _slow_writes(float(os.environ[_SAVE_DELAY_ENV]))
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr, step, state):
@@ -117,19 +117,22 @@ def _write_error(mngr, e):
   return CheckpointError(
       f"writing a checkpoint under {workdir} failed{' (the disk is full)' if full else ''}: "
       f"{cause}. The committed checkpoints there ({'steps ' + str(done) if done else 'none'}) are "
-      "intact: free space (or copy the run to a larger disk) and re-run the same command to resume.")
+      f"intact: {'free space (or copy the run to a larger disk)' if full else 'fix the cause'} "
+      "and re-run the same command to resume.")
 
 
-class _SlowHandler(ocp.StandardCheckpointHandler):
-  """Tests only: a StandardCheckpointHandler whose writes take `delay` seconds longer."""
-
-  def __init__(self, delay):
-    super().__init__()
-    self._delay = delay
+def _slow_writes(delay):
+  """Tests only: every checkpoint write in this process commits `delay` seconds later."""
+  cls = ocp.StandardCheckpointHandler
+  if getattr(cls, "_hemnet_delay", None) is not None:
+    return
+  original = cls.async_save
 
   async def async_save(self, *args, **kwargs):
-    futures = await super().async_save(*args, **kwargs) or []
-    return [*futures, _Sleep(self._delay)]
+    futures = await original(self, *args, **kwargs) or []
+    return [*futures, _Sleep(delay)]
+
+  cls.async_save, cls._hemnet_delay = async_save, delay
 
 
 class _Sleep:
