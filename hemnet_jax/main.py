@@ -6,6 +6,10 @@ r"""Train and evaluate: `python -m hemnet_jax.main --config configs/demo.py --wo
 Any config field can be overridden, e.g. `--config.hem.eta=0.8 --config.train.num_steps=100`;
 `--config configs/voc.py:emanet` selects the EMANet baseline of a config.
 
+A re-run in a workdir continues its run: a config that changes what is trained (the model,
+the data, the schedule) stops with the differing fields unless `--allow_config_change`
+(recorded in the workdir's config_changes.jsonl); see training/drift.py.
+
 Several processes (hosts) run the same command. On TPU pods and SLURM clusters add
 `--distributed` and JAX finds its peers; elsewhere (e.g. `launch/local.sh`) pass
 `--coordinator_address`, `--num_processes` and `--process_id`.
@@ -23,9 +27,10 @@ def initialize_distributed(f):
       raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
     if jax.config.jax_platforms in (None, "", "cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk via gloo
-    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                               heartbeat_timeout_seconds=f.heartbeat_timeout)
   elif f.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=f.heartbeat_timeout)
 
 
 def main(f):
@@ -35,7 +40,7 @@ def main(f):
   if f.mode == "eval":
     evaluation.run(f.config, f.workdir)
   else:
-    loop.train_and_evaluate(f.config, f.workdir)
+    loop.train_and_evaluate(f.config, f.workdir, allow_config_change=f.allow_config_change)
 
 
 if __name__ == "__main__":
@@ -47,4 +52,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for explicit set-ups.")
   flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator_address.")
   flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
+  flags.DEFINE_integer("heartbeat_timeout", 60, "Seconds without a heartbeat after which a "
+                       "process counts as dead and every other one stops (jax.distributed).")
+  flags.DEFINE_bool("allow_config_change", False, "Continue the run in --workdir with a config "
+                    "that changes what is trained; the change is recorded in the workdir.")
   cli.start(main)

@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -126,3 +127,46 @@ def test_generic_palette_for_datasets_without_one():
   np.testing.assert_array_equal(render.palette(config.data)[:11], shapes.PALETTE)
   config.data.name = "voc_aug"
   np.testing.assert_array_equal(render.palette(config.data), colours)
+
+
+def test_an_unreadable_file_is_one_line_and_the_others_are_still_done(run, tmp_path, capsys):
+  empty, missing = tmp_path / "empty.jpg", tmp_path / "missing.png"
+  empty.write_bytes(b"")
+  out = tmp_path / "out"
+  failed = predict.run(run / "run", None, [str(empty), str(run / "square.png"), str(missing)], out)
+  assert failed == 2
+  errors = capsys.readouterr().err.splitlines()
+  assert len(errors) == 2
+  assert errors[0].startswith(f"error: {empty}: cannot read the image")
+  assert errors[1].startswith(f"error: {missing}: cannot read the image")
+  assert (out / "square_label.png").exists() and not list(out.glob("empty_*"))
+  flags = lambda images: types.SimpleNamespace(workdir=run / "run", checkpoint=None, images=images,
+                                               out=out, attention=False, max_side=0)
+  assert predict.main(flags([str(empty), str(run / "square.png")])) == 1  # the exit status
+  assert predict.main(flags([str(run / "square.png")])) == 0
+
+
+def test_exif_orientation_is_applied(run, tmp_path):
+  image = Image.open(run / "tall.jpg")  # 53 wide, 70 high as stored
+  exif = Image.Exif()
+  exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
+  image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+  predict.run(run / "run", None, [str(tmp_path / "turned.jpg")], tmp_path / "out")
+  label = Image.open(tmp_path / "out" / "turned_label.png")
+  overlay = np.asarray(Image.open(tmp_path / "out" / "turned_overlay.png"))
+  assert label.size == (70, 53)  # upright: as wide as the stored image is high
+  upright = np.asarray(Image.open(tmp_path / "turned.jpg").transpose(Image.Transpose.ROTATE_270))
+  mask = np.asarray(Image.open(tmp_path / "out" / "turned_mask.png"))
+  np.testing.assert_array_equal(overlay, render.overlay(upright, mask))
+
+
+def test_a_large_image_is_segmented_at_max_side_and_resized_back(run):
+  config, model, variables, _ = predict.restore_variables(run / "run")
+  forward = predict.make_forward(model)
+  big = np.asarray(Image.open(run / "square.png").convert("RGB").resize((300, 200), Image.BILINEAR))
+  label, _ = predict.predict(forward, variables, big, config.model.output_stride, max_side=60)
+  assert label.shape == (200, 300)
+  small = np.asarray(Image.fromarray(big).resize((60, 40), Image.BILINEAR))
+  want, _ = predict.predict(forward, variables, small, config.model.output_stride)
+  np.testing.assert_array_equal(label, np.asarray(Image.fromarray(want).resize((300, 200),
+                                                                               Image.NEAREST)))

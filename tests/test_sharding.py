@@ -98,18 +98,21 @@ def test_two_processes_agree_and_their_checkpoint_restores_on_one_device(data_di
   assert (workdir / "results.json").exists() and (workdir / "checkpoints" / "3").exists()
 
   more = tiny_flags(**{"train.num_steps": 4, "train.checkpoint_every": 4})
-  res = subprocess.run(main_cmd(workdir, *more), cwd=ROOT, env=env_with_devices(1, data_dir),
+  res = subprocess.run(main_cmd(workdir, *more, "--allow_config_change"), cwd=ROOT, env=env_with_devices(1, data_dir),
                        capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "at step 3" in res.stdout
   assert json.loads((workdir / "results.json").read_text())["step"] == 4
+  change = json.loads((workdir / "config_changes.jsonl").read_text())  # what the flag recorded
+  assert change["resumed_from_step"] == 3
+  assert change["changes"] == {"train.num_steps": {"old": 3, "new": 4}}
 
 
 def test_checkpoint_from_eight_devices_continues_on_two(data_dir, tmp_path):
-  def train_until(steps, devices):
+  def train_until(steps, devices):  # a longer schedule the second time: --allow_config_change
     flags = tiny_flags(**{"train.num_steps": steps, "train.checkpoint_every": 3,
                           "train.batch_size": 8, "train.fsdp": True})
-    return subprocess.run(main_cmd(tmp_path, *flags), cwd=ROOT,
+    return subprocess.run(main_cmd(tmp_path, *flags, "--allow_config_change"), cwd=ROOT,
                           env=env_with_devices(devices, data_dir), capture_output=True, text=True,
                           timeout=600)
   first = train_until(3, 8)

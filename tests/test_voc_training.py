@@ -65,7 +65,7 @@ def test_voc_config_trains_two_steps_then_resumes_on_the_same_batches(
   assert np.sum(results["confusion_matrix"]) == labelled
 
   # Resume from the step-2 checkpoint: step 3 must train on batch 3 of an uninterrupted run.
-  resumed = loop.train_and_evaluate(config, tmp_path / "work")
+  resumed = loop.train_and_evaluate(config, tmp_path / "work", allow_config_change=True)
   assert resumed["step"] == 3 and len(seen) == 3
   split = pipeline.load_split(config.data, "train")
   fresh = pipeline.train_batches(split, config.data, batch_size=config.train.batch_size,

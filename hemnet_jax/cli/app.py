@@ -7,6 +7,7 @@ import several, and calls `start(work)`. Exit status: 0 done, 1 a user error (on
 (its traceback).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -14,7 +15,8 @@ from absl import app, flags, logging
 from hemnet_jax.cli import host_memory
 
 # Errors that mean "fix your input" (a config value, a missing file, a diverged loss):
-# reported as one line, not a traceback.
+# reported as one line, not a traceback. So is any error whose class sets `user_error = True`
+# (the library's own, e.g. a checkpoint that cannot be written to a full disk).
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
@@ -33,7 +35,9 @@ def run(argv, work):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     return work()
-  except USER_ERRORS as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, USER_ERRORS) and not getattr(e, "user_error", False):
+      raise
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -46,6 +50,24 @@ def start(work):
   def main(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    return run(argv, lambda: work(flags.FLAGS))
+    try:
+      return run(argv, lambda: work(flags.FLAGS))
+    except SystemExit as e:
+      if e.code == 1:
+        _exit_now(1)
+      raise
 
   app.run(main)
+
+
+def _exit_now(status):
+  """Ends the process without interpreter shutdown, once the error line is out.
+
+  An error raised inside an orbax restore or save leaves its sibling tensorstore reads and
+  writes in flight; at shutdown their callbacks hit the event loop orbax already closed and
+  print `RuntimeError: Event loop is closed` tracebacks after the one line that matters.
+  Nothing is left to clean up: the loop closed its checkpoint manager, files are flushed.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)

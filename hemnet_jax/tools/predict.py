@@ -11,13 +11,20 @@ in evaluation, and the prediction is cropped back to the image. Per image NAME:
   NAME_overlay.png    the mask blended over the image
   NAME_attention.png  with --attention: the last HEM iteration's responsibilities,
                       one cell per basis (see vis/render.py, attention_grid)
+
+The camera's EXIF orientation is applied first. An image whose longer side exceeds
+--max_side is segmented at that size and its label map resized back (nearest class), so a
+large photo fits in memory. A file that cannot be read is reported on one line and skipped;
+the exit status is 1 if any image failed.
 """
+
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hemnet_jax import cli
 from hemnet_jax.data import pipeline
@@ -56,9 +63,23 @@ def make_forward(model, attention=False):
   return forward
 
 
-def predict(forward, variables, image, output_stride, plus_one=False):
-  """(label map [H, W] uint8, last-iteration gamma [h, w, K] or None) of a uint8 RGB image."""
+def load_image(path):
+  """A uint8 RGB array of an image file, turned upright as its EXIF orientation says."""
+  with Image.open(path) as image:
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def predict(forward, variables, image, output_stride, max_side=0, plus_one=False):
+  """(label map [H, W] uint8, last-iteration gamma [h, w, K] or None) of a uint8 RGB image,
+  segmented at most `max_side` pixels on its longer side (0: as it is)."""
   h, w = image.shape[:2]
+  if max_side and max(h, w) > max_side:
+    scale = max_side / max(h, w)
+    small = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                          Image.BILINEAR)
+    label, gamma = predict(forward, variables, np.asarray(small), output_stride,
+                           plus_one=plus_one)
+    return np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST)), gamma
   # Evaluation's own normalisation and padding (a dummy label rides along).
   example = pipeline.eval_transform(
       {"image": image, "label": np.zeros((h, w), np.uint8)}, multiple=output_stride,
@@ -77,8 +98,9 @@ def write_outputs(out, name, image, label, colours, gamma=None):
     Image.fromarray(render.attention_grid(gamma)).save(out / f"{name}_attention.png")
 
 
-def run(workdir, checkpoint, images, out, attention=False):
-  """The command line's work: predictions for every image in `images`."""
+def run(workdir, checkpoint, images, out, attention=False, max_side=0):
+  """The command line's work: predictions for every image in `images`; the number of images
+  that could not be read (each reported on one line)."""
   names = [epath.Path(p).stem for p in images]
   if len(set(names)) != len(names):
     raise ValueError(f"--images: two images share a file name stem ({names}); outputs would collide")
@@ -87,19 +109,29 @@ def run(workdir, checkpoint, images, out, attention=False):
   out.mkdir(parents=True, exist_ok=True)
   colours = render.palette(config.data)
   forward = make_forward(model, attention)
+  failed = 0
   for path, name in zip(images, names):
-    image = np.asarray(Image.open(path).convert("RGB"))
-    label, gamma = predict(forward, variables, image, config.model.output_stride,
+    try:
+      image = load_image(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # empty, truncated, not an image
+      print(f"error: {path}: cannot read the image ({e})", file=sys.stderr, flush=True)
+      failed += 1
+      continue
+    label, gamma = predict(forward, variables, image, config.model.output_stride, max_side,
                            plus_one=config.data.get("eval_padding") == "stride_plus_one")
     write_outputs(out, name, image, label, colours, gamma)
     print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / name}_*.png", flush=True)
-  print(f"Predicted with step {step} of {config.data.name}'s model.", flush=True)
+  print(f"Predicted {len(images) - failed} of {len(images)} images with step {step} of "
+        f"{config.data.name}'s model.", flush=True)
+  return failed
 
 
 def main(f):
   if not f.workdir and not f.checkpoint:
     raise ValueError("give --workdir or --checkpoint")
-  run(f.workdir, f.checkpoint, f.images, f.out, f.attention)
+  if f.max_side < 0:
+    raise ValueError(f"--max_side must be >= 0, got {f.max_side}")
+  return 1 if run(f.workdir, f.checkpoint, f.images, f.out, f.attention, f.max_side) else 0
 
 
 if __name__ == "__main__":
@@ -111,5 +143,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "Output directory.")
   flags.DEFINE_bool("attention", False, "Also write the per-basis attention maps of the last "
                     "HEM iteration.")
+  flags.DEFINE_integer("max_side", 2048, "Longer side (pixels) above which an image is segmented "
+                       "downscaled and its labels resized back; 0: never.")
   flags.mark_flags_as_required(["images", "out"])
   cli.start(main)

@@ -2,7 +2,9 @@
 
 A run's directory holds:
   config.json   the config it was trained with (what `load_config` reads back);
-  checkpoints/  orbax CheckpointManager steps of the TrainState, written by `manager`.
+  checkpoints/  orbax CheckpointManager steps of the TrainState, written by `manager`;
+  damaged_checkpoints/  steps that could not be restored, moved aside by `resume` (never deleted);
+  config_changes.jsonl  changes made with --allow_config_change (training/drift.py).
 
 A converted-backbone directory (`python -m hemnet_jax.tools.convert_resnet`) holds:
   resnet.json  the structure it was converted from: layout, stem, stem_width, width,
@@ -12,6 +14,8 @@ A converted-backbone directory (`python -m hemnet_jax.tools.convert_resnet`) hol
 """
 
 import json
+import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +28,15 @@ from hemnet_jax.training import sharding
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
+DAMAGED = "damaged_checkpoints"
+# Tests only: seconds each checkpoint write lingers before it commits, so that a test can
+# kill the run in the middle of a write.
+_SAVE_DELAY_ENV = "HEMNET_TEST_SAVE_DELAY_S"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be written, or no checkpoint that can be read: one line for the user."""
+  user_error = True  # cli.run prints it as one `error:` line
 
 
 def load_config(workdir):
@@ -48,13 +61,88 @@ def manager(workdir, *, keep=None, read_only=False):
                             "(train it first with --mode train)")
   options = (ocp.CheckpointManagerOptions(read_only=True) if read_only else
              ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+  if float(os.environ.get(_SAVE_DELAY_ENV, 0)):
+    _slow_writes(float(os.environ[_SAVE_DELAY_ENV]))
   return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr, step, state):
   """Starts writing `state` as checkpoint `step`; orbax finishes it in the background and
-  only then makes the step visible, so a crash mid-write leaves the previous step as it was."""
-  mngr.save(step, args=ocp.args.StandardSave(state))
+  only then makes the step visible, so a crash mid-write leaves the previous step as it was.
+  A failed write (a full disk) surfaces here or in `wait` as a CheckpointError."""
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(state))
+  except Exception as e:  # the previous write's error, raised by orbax before this one starts
+    raise _write_error(mngr, e) from e
+
+
+def wait(mngr):
+  """Blocks until the checkpoint being written is committed (CheckpointError if it failed)."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _write_error(mngr, e) from e
+
+
+def close(mngr):
+  """Ends the manager's background work; a failed write was already raised by `save`/`wait`."""
+  try:
+    mngr.close()
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+def committed_steps(workdir):
+  """The steps whose write finished, read from the directory (orbax renames a step's
+  temporary folder to its number only once every file is written)."""
+  d = epath.Path(workdir) / CHECKPOINTS
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def _first_line(e):
+  """The first line of the innermost cause (tensorstore's words for what is wrong with a file)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = str(e).strip() or type(e).__name__
+  return text.splitlines()[0][:300]
+
+
+def _write_error(mngr, e):
+  cause = _first_line(e)
+  chain = " ".join(str(x) for x in (e, e.__cause__, e.__context__) if x is not None)
+  full = any(s in chain for s in ("No space left", "File too large", "RESOURCE_EXHAUSTED",
+                                  "ENOSPC", "EFBIG", "Disk quota"))
+  workdir = epath.Path(mngr.directory).parent
+  done = committed_steps(workdir)
+  return CheckpointError(
+      f"writing a checkpoint under {workdir} failed{' (the disk is full)' if full else ''}: "
+      f"{cause}. The committed checkpoints there ({'steps ' + str(done) if done else 'none'}) are "
+      f"intact: {'free space (or copy the run to a larger disk)' if full else 'fix the cause'} "
+      "and re-run the same command to resume.")
+
+
+def _slow_writes(delay):
+  """Tests only: every checkpoint write in this process commits `delay` seconds later."""
+  cls = ocp.StandardCheckpointHandler
+  if getattr(cls, "_hemnet_delay", None) is not None:
+    return
+  original = cls.async_save
+
+  async def async_save(self, *args, **kwargs):
+    futures = await original(self, *args, **kwargs) or []
+    return [*futures, _Sleep(delay)]
+
+  cls.async_save, cls._hemnet_delay = async_save, delay
+
+
+class _Sleep:
+  """A commit future that is done `delay` seconds after orbax first waits on it."""
+
+  def __init__(self, delay):
+    self._delay = delay
+
+  def result(self, timeout=None):
+    time.sleep(self._delay)
 
 
 def steps(workdir):
@@ -74,6 +162,60 @@ def restore(workdir, abstract, *, step=None, mesh=None, fsdp=False, mngr=None):
   if mesh is not None:
     abstract = sharding.abstract_state(abstract, sharding.state_shardings(abstract, mesh, fsdp=fsdp))
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), step
+
+
+# Orbax's words for a checkpoint that is whole but of another model: a config mismatch, not damage.
+_MISMATCH = ("is not compatible with the stored shape", "tree structures do not match",
+             "Missing keys", "Unexpected keys")
+
+
+def resume(workdir, abstract, *, mesh, fsdp, keep, log=print):
+  """(manager, state or None, step or None): the newest restorable checkpoint of a run.
+
+  A step that fails to restore (a truncated or missing file) is reported, moved to
+  <workdir>/damaged_checkpoints/ (kept for inspection, never deleted: the run will write that
+  step again) and the previous one is tried. A step whose arrays do not fit `abstract` is a
+  config mismatch, not damage: a ValueError.
+  """
+  workdir = epath.Path(workdir).absolute()
+  mngr = manager(workdir, keep=keep)
+  damaged = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state, _ = restore(workdir, abstract, step=step, mesh=mesh, fsdp=fsdp, mngr=mngr)
+    except Exception as e:  # orbax and tensorstore raise many types for a bad file
+      if any(m in str(e) for m in _MISMATCH):
+        raise ValueError(f"checkpoint {mngr.directory / str(step)} does not fit the configured "
+                         f"model ({_first_line(e)}); use the settings of {workdir / CONFIG}, or "
+                         "another --workdir") from e
+      log(f"Checkpoint {mngr.directory / str(step)} is damaged ({_first_line(e)}); "
+          "trying the previous step.")
+      damaged.append(step)
+      continue
+    if damaged:
+      mngr = _set_aside(workdir, mngr, damaged, keep, log)
+      log(f"Resuming from step {step}, the newest restorable checkpoint.")
+    return mngr, state, step
+  if damaged:
+    raise CheckpointError(
+        f"no checkpoint in {mngr.directory} can be restored (steps {sorted(damaged)} are damaged). "
+        f"Move {mngr.directory} aside to start this run again from step 0, or put back an intact copy.")
+  return mngr, None, None
+
+
+def _set_aside(workdir, mngr, damaged, keep, log):
+  """Moves the damaged steps to <workdir>/damaged_checkpoints/; a fresh manager of the rest."""
+  from jax.experimental import multihost_utils
+  mngr.close()
+  if jax.process_index() == 0:
+    for step in damaged:
+      target = workdir / DAMAGED / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (workdir / CHECKPOINTS / str(step)).rename(target)
+      log(f"Moved the damaged step {step} to {target} (not deleted).")
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("hemnet_jax damaged checkpoints set aside")
+  return manager(workdir, keep=keep)
 
 
 META = "resnet.json"

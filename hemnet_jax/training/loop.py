@@ -1,7 +1,6 @@
 """The training loop: train, log, checkpoint, evaluate, resume where a run stopped."""
 
 import json
-import signal
 import time
 
 import jax
@@ -10,23 +9,9 @@ from absl import logging
 from etils import epath
 
 from hemnet_jax.data import pipeline
-from hemnet_jax.training import (attention, checkpoints, config as config_lib, evaluation, metrics,
-                                 sharding, steps)
+from hemnet_jax.training import (attention, checkpoints, config as config_lib, drift, evaluation,
+                                 metrics, preemption as preemption_lib, sharding, steps)
 from hemnet_jax.training.state import build_model, create_train_state
-
-
-class _Preemption:
-  """SIGTERM (a preempted TPU VM, `scancel`) asks the loop to save and stop."""
-
-  def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread: no handler, nothing to save early
-      pass
-
-  def _handle(self, *_):
-    self.requested = True
 
 
 def _check_finite(history, step, mngr):
@@ -39,10 +24,14 @@ def _check_finite(history, step, mngr):
         "intact. Lower config.train.lr, or use train.dtype='float32'.")
 
 
-def train_and_evaluate(config, workdir):
-  """Trains, resuming from the latest checkpoint in workdir; returns the final eval."""
+def train_and_evaluate(config, workdir, *, allow_config_change=False):
+  """Trains, resuming from the newest restorable checkpoint in workdir; returns the final eval.
+
+  A config that differs from the workdir's run in what it trains stops here (drift.py)
+  unless allow_config_change."""
   config = config_lib.validate(config)
   workdir = epath.Path(workdir).absolute()
+  changes = drift.check(workdir, config, allow_change=allow_config_change)  # before any write
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh()
   if config.train.batch_size % jax.device_count():
@@ -51,17 +40,32 @@ def train_and_evaluate(config, workdir):
   train_split = pipeline.load_split(config.data, config.data.train_split)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
   model = build_model(config)
-  mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   # A resumed run takes every weight from its own checkpoint, so the pretrained file may be gone.
   state = create_train_state(config, model, jax.random.key(config.seed),
-                             load_backbone=mngr.latest_step() is None)
+                             load_backbone=not checkpoints.committed_steps(workdir))
   state_sharding = sharding.state_shardings(state, mesh, fsdp=config.train.fsdp)
-  if mngr.latest_step() is not None:  # onto this run's mesh, whatever mesh wrote it
-    state, _ = checkpoints.restore(workdir, state, mesh=mesh, fsdp=config.train.fsdp, mngr=mngr)
-    if is_main:
-      print(f"Resumed from {mngr.directory} at step {int(state.step)}", flush=True)
+  log = print if is_main else lambda *_: None
+  # Onto this run's mesh, whatever mesh wrote it; damaged steps are set aside.
+  mngr, restored, resumed_at = checkpoints.resume(workdir, state, mesh=mesh, fsdp=config.train.fsdp,
+                                                  keep=config.train.keep_checkpoints, log=log)
+  try:
+    return _train(config, workdir, mngr, restored or state, resumed_at, changes, model, mesh,
+                  state_sharding, train_split, eval_split)
+  except Exception as e:  # a collective that failed because a peer process died: name it
+    raise preemption_lib.peer_failure(e) or e
+  finally:
+    checkpoints.close(mngr)  # no orbax thread outlives the run, even after an error
+
+
+def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state_sharding,
+           train_split, eval_split):
+  is_main = jax.process_index() == 0
+  if resumed_at is not None and is_main:
+    print(f"Resumed from {mngr.directory} at step {resumed_at}", flush=True)
   state = jax.device_put(state, state_sharding)
   if is_main:
+    if changes:
+      drift.record(workdir, changes, resumed_at)
     checkpoints.save_config(workdir, config)
   writer = _summary_writer(workdir) if is_main else None
 
@@ -71,7 +75,7 @@ def train_and_evaluate(config, workdir):
       seed=config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count())
   p_train_step = steps.jit_train_step(config, mesh, state_sharding)
-  preemption, history, t_last = _Preemption(), [], time.time()
+  preemption, history, t_last = preemption_lib.Preemption(), [], time.time()
   for step in range(start + 1, num_steps + 1):
     state, step_metrics = p_train_step(state, sharding.shard_batch(next(batches), mesh))
     history.append(step_metrics)  # device arrays: fetched only at log/checkpoint time
@@ -86,19 +90,22 @@ def train_and_evaluate(config, workdir):
         print(f"step {step}/{num_steps}  loss {means['loss']:.4f}  lr {means['lr']:.2e}  "
               f"{ips:.1f} img/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
       history, t_last = [], time.time()
-    if step % config.train.checkpoint_every == 0 or step == num_steps or preemption.requested:
+    is_ckpt_step = step % config.train.checkpoint_every == 0 or step == num_steps
+    noticed = preemption.noticed(step % config.train.log_every == 0 or is_ckpt_step)
+    if is_ckpt_step or noticed:
       _check_finite(history, step, mngr)
       checkpoints.save(mngr, step, state)
-    if preemption.requested:
-      mngr.wait_until_finished()
-      print(f"SIGTERM: saved a checkpoint at step {step}; exiting.", flush=True)
+    if noticed:
+      checkpoints.wait(mngr)
+      who = f" (the notice reached process {noticed})" if jax.process_count() > 1 else ""
+      print(f"SIGTERM: saved a checkpoint at step {step}; exiting{who}.", flush=True)
       raise SystemExit(143)
     if step % config.train.eval_every == 0 and step != num_steps:
       summary, _ = evaluation.evaluate(state, model, eval_split, config, mesh)
       if is_main:
         writer.add_scalar("eval/miou", summary["miou"], step)
         print(f"step {step}: val mIoU {100 * summary['miou']:.2f}", flush=True)
-  mngr.wait_until_finished()
+  checkpoints.wait(mngr)
 
   summary, cm = evaluation.evaluate(state, model, eval_split, config, mesh)
   summary = {"step": int(state.step), "num_iters_eval": config.hem.num_iters_eval,
