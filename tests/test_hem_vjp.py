@@ -158,10 +158,11 @@ def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding, row_majo
   gf = jax.grad(lambda v, x: jnp.sum(fast.apply(v, x) ** 2), argnums=(0, 1))(v, x)
   for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(gp)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-  # 1x1 kernels become a matmul, anything else stays a convolution.
+  # 1x1 kernels become a matmul; larger ones too on the CPU (test_layers.py), else stay convolutions.
   jaxpr = str(jax.make_jaxpr(lambda v, x: fast.apply(v, x))(v, x))
-  assert ("conv_general_dilated" in jaxpr) == (kernel != 1)
-  assert ("dot_general" in jaxpr) == (kernel == 1)
+  as_gemm = kernel == 1 or layers.gemm_convolutions()
+  assert ("conv_general_dilated" in jaxpr) != as_gemm
+  assert ("dot_general" in jaxpr) == as_gemm
 
 
 def test_temperature_is_applied_as_in_eq_8():

@@ -1,5 +1,7 @@
 """Small layer helpers shared by the ResNet, the head and the HEM unit."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -72,17 +74,106 @@ def _is_zero_padding(padding):
   return all(tuple(p) == (0, 0) for p in padding)
 
 
+def _taps(x, kernel, strides, dilation, padding):
+  """The kh * kw shifted, strided views of NHWC x under a k x k window, [B, Ho, Wo, C] each."""
+  (pt, pb), (pl, pr) = padding
+  x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  b, h, w, c = x.shape
+  ho = (h - dilation[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+  wo = (w - dilation[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+  return [lax.slice(x, (0, i * dilation[0], j * dilation[1], 0),
+                    (b, i * dilation[0] + (ho - 1) * strides[0] + 1,
+                     j * dilation[1] + (wo - 1) * strides[1] + 1, c), (1, strides[0], strides[1], 1))
+          for i in range(kernel[0]) for j in range(kernel[1])]
+
+
+def _im2col(x, kernel, strides, dilation, padding):
+  """[B * Ho * Wo, kh * kw * C]: each output pixel's window, tap-major (HWIO's row order)."""
+  taps = _taps(x, kernel, strides, dilation, padding)
+  return jnp.concatenate(taps, axis=-1).reshape(-1, len(taps) * x.shape[-1]), taps[0].shape[1:3]
+
+
+def _col2im(d_cols, x_shape, kernel, strides, dilation, padding):
+  """The adjoint of _im2col: each tap's gradient, spread back (strides as interior padding)."""
+  (pt, pb), (pl, pr) = padding
+  b, h, w, c = x_shape
+  ho, wo = d_cols.shape[1:3]
+  d_cols = d_cols.reshape(b, ho, wo, kernel[0] * kernel[1], c)
+  zero = jnp.zeros((), d_cols.dtype)
+  d_x = None
+  for k in range(kernel[0] * kernel[1]):
+    i, j = divmod(k, kernel[1])
+    top, left = i * dilation[0], j * dilation[1]
+    bottom = h + pt + pb - top - (ho - 1) * strides[0] - 1
+    right = w + pl + pr - left - (wo - 1) * strides[1] - 1
+    tap = lax.pad(d_cols[:, :, :, k], zero, ((0, 0, 0), (top, bottom, strides[0] - 1),
+                                             (left, right, strides[1] - 1), (0, 0, 0)))
+    d_x = tap if d_x is None else d_x + tap
+  return d_x[:, pt:pt + h, pl:pl + w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_as_gemm(x, w, strides, dilation, padding):
+  """A k x k convolution of NHWC x with HWIO w as one GEMM over its windows (im2col).
+
+  XLA:CPU's own convolutions, above all their weight and input gradients, run far
+  below its GEMM; written as im2col + GEMM, the forward and both gradients are GEMMs
+  (BENCHMARKS.md). padding: ((top, bottom), (left, right)).
+  """
+  kh, kw, c_in, c_out = w.shape
+  cols, (ho, wo) = _im2col(x, (kh, kw), strides, dilation, padding)
+  y = jnp.dot(cols, w.reshape(kh * kw * c_in, c_out))
+  return y.reshape(x.shape[0], ho, wo, c_out)
+
+
+def _conv_as_gemm_fwd(x, w, strides, dilation, padding):
+  return conv_as_gemm(x, w, strides, dilation, padding), (x, w)
+
+
+def _conv_as_gemm_bwd(strides, dilation, padding, saved, d_y):
+  x, w = saved
+  kh, kw, c_in, c_out = w.shape
+  # The windows again rather than kept from the forward: a copy, where keeping them
+  # would hold kh * kw times the input per layer until the backward reaches it.
+  cols, _ = _im2col(x, (kh, kw), strides, dilation, padding)
+  d_y2 = d_y.reshape(-1, c_out)
+  d_w = jnp.dot(cols.T, d_y2).reshape(w.shape).astype(w.dtype)
+  d_cols = jnp.dot(d_y2, w.reshape(-1, c_out).T.astype(d_y2.dtype))
+  d_x = _col2im(d_cols.reshape(*d_y.shape[:3], -1), x.shape, (kh, kw), strides, dilation, padding)
+  return d_x.astype(x.dtype), d_w
+
+
+conv_as_gemm.defvjp(_conv_as_gemm_fwd, _conv_as_gemm_bwd)
+
+
+def _explicit_padding(padding, x_shape, kernel, strides, dilation):
+  if isinstance(padding, str):
+    window = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    return tuple(lax.padtype_to_pads(x_shape[1:3], window, strides, padding))
+  return tuple(tuple(p) for p in padding)
+
+
+def gemm_convolutions():
+  """Whether k x k convolutions run as im2col GEMMs: on the CPU, where that is faster.
+
+  Accelerators keep XLA's convolution (cuDNN's, the TPU's), which is their fast path.
+  """
+  return jax.default_backend() == "cpu"
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, row_major_weight_grad=False, lhs_t=None, **kwargs):
-  """`lax.conv_general_dilated` for Flax's channels-last nn.Conv, 1x1 kernels as a matmul.
+  """`lax.conv_general_dilated` for Flax's channels-last nn.Conv, as GEMMs where that is faster.
 
   A 1x1 convolution is a matmul over channels; written as one, XLA runs it (and, above
   all, its weight gradient, which it otherwise lowers to a convolution with an
   H x W window) through its GEMM: on a 2-core CPU the HEM unit's two 1x1 convs at
   65 x 65 x 512 run forward + backward much faster (BENCHMARKS.md has the figures).
   A strided 1x1 kernel (ResNet's downsampling shortcut) is the matmul of the strided
-  input. Anything else goes to XLA's convolution unchanged. `row_major_weight_grad` and
+  input. On the CPU, larger kernels become im2col GEMMs (`conv_as_gemm`). Anything else
+  (grouped or input-dilated convolutions; larger kernels on accelerators) goes to XLA's
+  convolution unchanged. `row_major_weight_grad` and
   `lhs_t` (lhs channels-first, [B, C, H * W]) choose how the weight gradient is formed
   (`pointwise`, `pointwise_given_transpose`).
   """
@@ -92,6 +183,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                 and all(d == 1 for d in (lhs_dilation or (1, 1)))
                 and all(d == 1 for d in (rhs_dilation or (1, 1))))
   if not one_by_one:
+    plain = (lhs.ndim == 4 and _is_channels_last(dimension_numbers) and feature_group_count == 1
+             and not kwargs and precision is None and all(d == 1 for d in (lhs_dilation or (1, 1))))
+    if plain and gemm_convolutions():
+      dilation = tuple(rhs_dilation or (1, 1))
+      pads = _explicit_padding(padding, lhs.shape, rhs.shape[:2], window_strides, dilation)
+      return conv_as_gemm(lhs, rhs, tuple(window_strides), dilation, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)

@@ -1,0 +1,72 @@
+"""The convolutions written as GEMMs against XLA's convolution, values and gradients."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hemnet_jax.models import layers
+
+
+def _xla_conv(x, w, stride, dilation, pad):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                      rhs_dilation=(dilation, dilation),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# Every 3x3 stride and dilation, and the torchvision stem's 7x7 stride 2.
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, s, d) for s in (1, 2) for d in (1, 2, 4)]
+                         + [(7, 2, 1)])
+def test_conv_as_gemm_equals_xla_convolution_in_float64(kernel, stride, dilation):
+  pad = dilation * (kernel - 1) // 2  # PyTorch's: the output keeps the size (stride 1)
+  with jax.enable_x64(True):
+    # Odd and even sizes, so that a stride-2 window falls short of the last row or not.
+    x = jax.random.normal(jax.random.key(0), (2, 11, 10, 5), jnp.float64)
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 6), jnp.float64)
+    d_y = jax.random.normal(jax.random.key(2), _xla_conv(x, w, stride, dilation, pad).shape,
+                            jnp.float64)
+    ours = lambda x, w: layers.conv_as_gemm(x, w, (stride, stride), (dilation, dilation),
+                                            ((pad, pad), (pad, pad)))
+    ref = lambda x, w: _xla_conv(x, w, stride, dilation, pad)
+    y, vjp = jax.vjp(ours, x, w)
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(vjp(d_y), vjp_ref(d_y)):
+      assert a.dtype == jnp.float64
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # Two different programs were compared: ours has no convolution in it.
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2)))(x, w))
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3))])
+def test_nn_conv_takes_the_gemm_path_on_the_cpu_with_any_padding(padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 4))
+  plain = nn.Conv(6, (3, 3), strides=2, padding=padding, kernel_dilation=2)
+  fast = nn.Conv(6, (3, 3), strides=2, padding=padding, kernel_dilation=2,
+                 conv_general_dilated=layers.conv_general_dilated)
+  v = plain.init(jax.random.key(1), x)
+  np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(fast.apply)(v, x))
+  assert layers.gemm_convolutions() == (jax.default_backend() == "cpu")
+  assert ("conv_general_dilated" in jaxpr) != layers.gemm_convolutions()
+
+
+def test_accelerators_keep_xla_convolution(monkeypatch):
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  x = jnp.ones((1, 5, 5, 2))
+  conv = nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=layers.conv_general_dilated)
+  v = conv.init(jax.random.key(0), x)
+  assert "conv_general_dilated" in str(jax.make_jaxpr(conv.apply)(v, x))
+
+
+def test_bfloat16_stays_bfloat16():
+  x = jnp.ones((1, 6, 6, 4), jnp.bfloat16)
+  w = jnp.ones((3, 3, 4, 2), jnp.bfloat16)
+  f = functools.partial(layers.conv_as_gemm, strides=(1, 1), dilation=(1, 1), padding=((1, 1), (1, 1)))
+  y, vjp = jax.vjp(f, x, w)
+  assert y.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in vjp(y))
