@@ -31,8 +31,8 @@ def banner():
            f"versions: python {platform.python_version()}, jax {jax.__version__}, "
            f"jaxlib {jaxlib.__version__}, "
            f"numpy {np.__version__}",
-           "host malloc: " + ("freed memory kept (hemnet_jax/host_memory.py)" if host_memory.ACTIVE
-                              else "glibc's default (HEMNET_REUSE_HOST_MEMORY=0, or not glibc)")]
+           "host malloc: " + ("freed memory kept" if host_memory.ACTIVE else "glibc's default")
+           + f" ({host_memory.REASON}; hemnet_jax/cli/host_memory.py)"]
   return "\n".join(lines)
 
 
