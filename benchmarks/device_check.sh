@@ -7,7 +7,8 @@
 # Writes DIR/device_rows.md (rows in BENCHMARKS.md's columns) and DIR/device_check.log.
 # Python: $PYTHON, else python3 (no virtual environment needed). Wheels in the repository's
 # .whl/ folder (e.g. ml_collections on a machine without a network) are installed first
-# into $SITE (default /tmp/site). Exit status: the driver's (1 if any part failed; the others still ran).
+# into $SITE (default /tmp/site). Exit status: the driver's (1 if any part failed; the
+# others still ran).
 set -u
 
 python="${PYTHON:-python3}"
