@@ -33,3 +33,23 @@ def main_cmd(workdir, *flags, config="configs/demo.py"):
           *flags]
 
 
+def event_images(logdir):
+  """{tag: {step: uint8 [H, W, C]}} of every image summary in the TensorBoard event files
+  under `logdir`, read from the TFRecord framing (8-byte length, its CRC, the record, its
+  CRC) with tensorboardX's protobufs (tensorboard itself need not be installed)."""
+  import io  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  found = {}
+  for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField("image"):
+          image = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+          found.setdefault(value.tag, {})[event.step] = image
+  return found

@@ -9,7 +9,8 @@ from etils import epath
 
 from hemnet_jax.data import pipeline
 from hemnet_jax.training import (attention, checkpoints, config as config_lib, drift, evaluation,
-                                 meter as meter_lib, metrics, preemption as preemption_lib,
+from hemnet_jax.training import (attention, checkpoints, config as config_lib, drift, evaluation,
+                                 images, meter as meter_lib, metrics, preemption as preemption_lib,
                                  sharding, steps)
 from hemnet_jax.training.state import build_model, create_train_state
 
@@ -68,6 +69,7 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
       drift.record(workdir, changes, resumed_at)
     checkpoints.save_config(workdir, config)
   writer = _summary_writer(workdir) if is_main else None
+  samples = images.choose(config, model, eval_split, mesh)  # fixed validation images to show
 
   start, num_steps = int(state.step), config.train.num_steps
   batches = pipeline.train_batches(
@@ -107,6 +109,7 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
     if step % config.train.eval_every == 0 and step != num_steps:
       with meter.paused(after=state):
         summary, _ = evaluation.evaluate(state, model, eval_split, config, mesh)
+        images.write(writer, step, state, samples)  # on every process; process 0 writes
       if is_main:
         writer.add_scalar("eval/miou", summary["miou"], step)
         print(f"step {step}: val mIoU {100 * summary['miou']:.2f}", flush=True)
@@ -116,6 +119,7 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
   summary = {"step": int(state.step), "num_iters_eval": config.hem.num_iters_eval,
              **summary, "confusion_matrix": cm.tolist()}
   attention.add_mu0(summary, state.hem_bases)  # gamma's (validation) + mu0's
+  images.write(writer, summary["step"], state, samples)
   if is_main:
     _write_eval(writer, summary)
     (workdir / "results.json").write_text(json.dumps(summary, indent=2))
