@@ -11,7 +11,8 @@ from configs import demo  # noqa: E402
 TINY = {"model.stage_sizes": (1, 1, 1, 1), "model.width": 4, "model.stem_width": 8,
         "model.head_channels": 16, "model.decoder_channels": 8, "model.aux_channels": 8,
         "hem.num_bases": 4, "data.crop_size": 32, "train.batch_size": 4,
-        "data.eval_batch_size": 100, "train.log_every": 5}
+        "data.eval_batch_size": 100, "train.log_every": 5,
+        "train.summary_images": 0}  # each image size costs a compile; the runs that check them ask
 
 
 def tiny_flags(**extra):

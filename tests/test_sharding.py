@@ -82,7 +82,8 @@ def test_eight_devices_match_one_with_and_without_fsdp():
 
 def test_two_processes_agree_and_their_checkpoint_restores_on_one_device(data_dir, tmp_path):
   workdir = tmp_path / "mp"
-  flags = tiny_flags(**{"train.num_steps": 3, "train.checkpoint_every": 3, "train.log_every": 1})
+  flags = tiny_flags(**{"train.num_steps": 3, "train.checkpoint_every": 3, "train.log_every": 1,
+                        "train.summary_images": 1})
   cmd = ["launch/local.sh", "-n", "2", "-p", "12391", "-l", str(tmp_path / "logs"), "--",
          *main_cmd(workdir, *flags, "--verbosity=0")]
   res = subprocess.run(cmd, cwd=ROOT, env=env_with_devices(1, data_dir), capture_output=True,
@@ -113,6 +114,7 @@ def test_two_processes_agree_and_their_checkpoint_restores_on_one_device(data_di
 def test_checkpoint_from_eight_devices_continues_on_two(data_dir, tmp_path):
   def train_until(steps, devices):  # a longer schedule the second time: --allow_config_change
     flags = tiny_flags(**{"train.num_steps": steps, "train.checkpoint_every": 3,
+                          "train.summary_images": 3,
                           "train.batch_size": 8, "train.fsdp": True})
     return subprocess.run(main_cmd(tmp_path, *flags, "--allow_config_change"), cwd=ROOT,
                           env=env_with_devices(devices, data_dir), capture_output=True, text=True,
