@@ -9,7 +9,6 @@ from etils import epath
 
 from hemnet_jax.data import pipeline
 from hemnet_jax.training import (attention, checkpoints, config as config_lib, drift, evaluation,
-from hemnet_jax.training import (attention, checkpoints, config as config_lib, drift, evaluation,
                                  images, meter as meter_lib, metrics, preemption as preemption_lib,
                                  sharding, steps)
 from hemnet_jax.training.state import build_model, create_train_state
