@@ -17,22 +17,33 @@ import numpy as np
 from hemnet_jax.cli import host_memory
 
 
+def cpu_name():
+  """The host CPU's model name ("AMD EPYC ..."), else the machine type."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def device_name():
+  """The device as BENCHMARKS.md's rows name it: "2-vCPU AMD EPYC", "NVIDIA H200 x8"."""
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return f"{os.cpu_count()}-vCPU {cpu_name()}"
+  return dev.device_kind + (f" x{jax.device_count()}" if jax.device_count() > 1 else "")
+
+
 def banner():
   """Device, CPU and versions, printed at the top of every benchmark."""
   dev = jax.devices()[0]
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
   lines = [f"device: {dev.platform} {dev.device_kind} x{jax.device_count()}",
-           f"host: {cpu}, {os.cpu_count()} CPUs visible",
+           f"host: {cpu_name()}, {os.cpu_count()} CPUs visible",
            f"versions: python {platform.python_version()}, jax {jax.__version__}, "
            f"jaxlib {jaxlib.__version__}, "
            f"numpy {np.__version__}",
-           "host malloc: " + ("freed memory kept (hemnet_jax/host_memory.py)" if host_memory.ACTIVE
-                              else "glibc's default (HEMNET_REUSE_HOST_MEMORY=0, or not glibc)")]
+           "host malloc: " + ("freed memory kept" if host_memory.ACTIVE else "glibc's default")
+           + f" ({host_memory.REASON}; hemnet_jax/cli/host_memory.py)"]
   return "\n".join(lines)
 
 

@@ -7,7 +7,9 @@ residual, ReLU) at its shapes: N = 65 x 65 (OS 8 on 513 crops), C = 512, K = 64,
 eta = 0.5, temperature sqrt(C), in training mode (batch statistics, mu0's moving
 average), with gradients to the parameters and to the input. The PyTorch version is
 written here the way the EMANet release writes it (NCHW, bmm), and runs in the same
-process on the same device, eager and under torch.compile.
+process on the same device, eager and under torch.compile: the CPU, or the GPU when JAX
+runs on one and PyTorch sees CUDA (float32 matmuls in TF32 there, XLA's default); on a TPU
+the JAX unit alone is timed.
 
 Sections (comma-separated, default all):
   compare  JAX vs PyTorch eager vs torch.compile, and the fraction of the jnp.dot peak,
@@ -106,17 +108,34 @@ def torch_unit(c, k, t, eta, temperature):
   return HEMUnitTorch()
 
 
-def torch_steps(batch, hw, c, k, t, eta):
-  """{'torch_eager': fn, 'torch_compile': fn}, each one warm fwd+bwd, and the compile time."""
+def torch_device():
+  """Where PyTorch runs beside JAX: "cpu" when JAX runs on the CPU, "cuda" when JAX runs on
+  a GPU that PyTorch sees too; None when no same-device comparison exists (a TPU, no torch)."""
+  platform = jax.devices()[0].platform
+  try:
+    import torch
+  except ImportError:
+    return None
+  if platform == "cpu":
+    return "cpu"
+  return "cuda" if platform == "gpu" and torch.cuda.is_available() else None
+
+
+def torch_steps(batch, hw, c, k, t, eta, device="cpu"):
+  """{'torch_eager': fn, 'torch_compile': fn}, each one warm fwd+bwd, their results' sync,
+  and the compile time."""
   import time
   import torch
-  torch.set_num_threads(os.cpu_count())
+  if device == "cpu":
+    torch.set_num_threads(os.cpu_count())
+  else:  # float32 matmuls in TF32, as XLA's default precision on a GPU
+    torch.set_float32_matmul_precision("high")
   torch.manual_seed(0)
-  x = torch.randn(batch, c, hw, hw, requires_grad=True)
+  x = torch.randn(batch, c, hw, hw, device=device, requires_grad=True)
   fns = {}
   compile_s = None
   for name in ("torch_eager", "torch_compile"):
-    module = torch_unit(c, k, t, eta, math.sqrt(c)).train()
+    module = torch_unit(c, k, t, eta, math.sqrt(c)).train().to(device)
     fwd = torch.compile(module) if name == "torch_compile" else module
 
     def step(fwd=fwd, module=module):
@@ -127,12 +146,19 @@ def torch_steps(batch, hw, c, k, t, eta):
       loss.backward()
       return loss
     t0 = time.perf_counter()
-    for _ in range(3):
-      step()
+    try:
+      for _ in range(3):
+        step()
+    except Exception as e:  # pylint: disable=broad-except  (torch.compile needs a C compiler)
+      if name != "torch_compile":
+        raise
+      print(f"torch.compile failed, left out: {type(e).__name__}: {str(e).splitlines()[0]}")
+      continue
     if name == "torch_compile":
       compile_s = time.perf_counter() - t0
     fns[name] = step
-  return fns, compile_s
+  sync = (lambda r: torch.cuda.synchronize()) if device == "cuda" else (lambda r: r)
+  return fns, sync, compile_s
 
 
 def compiled_stats(fn, args):
@@ -147,32 +173,48 @@ def compiled_stats(fn, args):
   return compiled, peak, (cost or {}).get("flops")
 
 
-def section_compare(args, shape):
+def compare(shape, eta, reps, rounds, peak_size=2048):
+  """Our unit against PyTorch's (eager, torch.compile) where PyTorch runs on the same device,
+  and a peak_size^3 float32 jnp.dot, interleaved: {times (s): {name: median}, flops (matmul
+  count), xla_flops, peak (FLOP/s), torch_device, torch_compile_s}."""
   batch, hw, c, k, t = shape
-  step, inputs = jax_step(batch, hw, c, k, t, args.eta)
+  step, inputs = jax_step(batch, hw, c, k, t, eta)
   compiled, _, xla_flops = compiled_stats(step, inputs)
   common.block(compiled(*inputs))
-  torch_fns, compile_s = torch_steps(batch, hw, c, k, t, args.eta)
-  print(f"torch.compile warm-up (compile + 3 steps): {compile_s:.1f} s")
-
-  n = 2048
+  device = torch_device()
+  torch_fns, torch_sync, compile_s = ({}, None, None) if device is None else torch_steps(
+      batch, hw, c, k, t, eta, device)
+  n = peak_size
   a = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   common.block(dot(a, a))
-  fns = {"jax": lambda: compiled(*inputs), **torch_fns, "jnp.dot 2048": lambda: dot(a, a)}
-  sync = {name: (lambda r: r) for name in torch_fns}
-  times = common.interleaved(fns, args.reps, args.rounds, sync)
-  flops = matmul_flops(batch, hw * hw, c, k, t)
-  peak = 2.0 * n ** 3 / times["jnp.dot 2048"]
+  dot_name = f"jnp.dot {n}"
+  fns = {"jax": lambda: compiled(*inputs), **torch_fns, dot_name: lambda: dot(a, a)}
+  times = common.interleaved(fns, reps, rounds, {name: torch_sync for name in torch_fns})
+  times["jnp.dot"] = times.pop(dot_name)
+  return dict(times=times, flops=matmul_flops(batch, hw * hw, c, k, t), xla_flops=xla_flops,
+              peak=2.0 * n ** 3 / times["jnp.dot"], peak_size=n, torch_device=device,
+              torch_compile_s=compile_s)
+
+
+def section_compare(args, shape):
+  r = compare(shape, args.eta, args.reps, args.rounds)
+  times, flops, peak = r["times"], r["flops"], r["peak"]
+  if r["torch_device"] is None:
+    print("PyTorch: not compared (not installed, or it does not see this device)")
+  elif r["torch_compile_s"] is not None:
+    print(f"PyTorch on {r['torch_device']}; torch.compile warm-up (compile + 3 steps): "
+          f"{r['torch_compile_s']:.1f} s")
   print(f"matmul FLOPs per fwd+bwd: {flops / 1e9:.2f} G counted; XLA cost analysis "
-        f"{xla_flops / 1e9 if xla_flops else float('nan'):.2f} G")
-  print(f"jnp.dot float32 peak (2048^3, same rounds): {common.gflops(peak)}")
+        f"{r['xla_flops'] / 1e9 if r['xla_flops'] else float('nan'):.2f} G")
+  print(f"jnp.dot float32 peak ({r['peak_size']}^3, same rounds): {common.gflops(peak)}")
   for name in ("jax", "torch_eager", "torch_compile"):
-    print(f"{name:>14}: {times[name] * 1e3:8.1f} ms  {common.gflops(flops / times[name]):>18}  "
-          f"{flops / times[name] / peak:6.1%} of peak")
-  return dict(speedup_vs_eager=times["torch_eager"] / times["jax"],
-              speedup_vs_compile=times["torch_compile"] / times["jax"],
-              peak_fraction=flops / times["jax"] / peak)
+    if name in times:
+      print(f"{name:>14}: {times[name] * 1e3:8.1f} ms  {common.gflops(flops / times[name]):>18}  "
+            f"{flops / times[name] / peak:6.1%} of peak")
+  speedups = {f"speedup_vs_{name[6:]}": times[name] / times["jax"]
+              for name in ("torch_eager", "torch_compile") if name in times}
+  return dict(**speedups, peak_fraction=flops / times["jax"] / peak)
 
 
 def section_eta(args, shape):

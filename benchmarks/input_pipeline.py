@@ -4,7 +4,9 @@ Runs hemnet_jax.data.pipeline.train_batches (decode JPEG + PNG, random scale in 
 pad, random crop, flip, normalise, batch) on synthetic VOC-sized examples stored as the
 builders store them: JPEG image bytes (500x375, about VOC's average file size) and a PNG label.
 
-  python -m benchmarks.input_pipeline [--threads 1] [--batches 20] [--profile]
+  python -m benchmarks.input_pipeline [--threads 2] [--batches 20] [--profile]
+
+--threads defaults to config.data.num_threads' default (2), as training reads.
 
 Per-core figure: images divided by the process's CPU seconds (all threads), so that other
 load on a shared machine does not count against it; wall-clock images/s is printed too.
@@ -26,7 +28,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from benchmarks import common
 from hemnet_jax.data import pipeline as input_pipeline
+from hemnet_jax.training import config as config_lib
 
 
 def synthetic_examples(n, seed=0, size=(375, 500)):
@@ -50,13 +54,15 @@ def synthetic_examples(n, seed=0, size=(375, 500)):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--threads", type=int, default=1, help="Grain reader threads")
+  parser.add_argument("--threads", type=int, default=config_lib.default_config().data.num_threads,
+                      help="Grain reader threads (default: config.data.num_threads', as training)")
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--batches", type=int, default=20)
   parser.add_argument("--crop", type=int, default=513)
   parser.add_argument("--profile", action="store_true", help="cProfile one thread's transforms")
   args = parser.parse_args()
 
+  print(common.banner())
   examples = synthetic_examples(64)
   print(f"{len(examples)} synthetic examples, mean JPEG "
         f"{np.mean([len(e['image']) for e in examples]) / 1024:.0f} KiB; crop {args.crop}, "

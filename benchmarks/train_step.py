@@ -1,17 +1,39 @@
-r"""The full train step: images/s, model FLOPs utilisation and compile time.
+r"""The full train step against the same network in PyTorch: speed-ups, MFU and compile time.
 
-  python -m benchmarks.train_step                        # a size that fits this machine
-  python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's
+  python -m benchmarks.train_step                     # CPU: crop 129, batch 2, float32, vs PyTorch
+  python -m benchmarks.train_step --isa avx2          # both frameworks capped to AVX2
+  python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's (accelerator)
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
-(C 512, K 64, T 3, eta 0.5), the auxiliary head, SGD with momentum, on random images
-and labels (no dataset needed). On a CPU the default crop and batch are small
-(129 x 129, batch 2, float32); on an accelerator they are the paper's (513, 16, bf16).
+(C 512, K 64, T 3), SGD with momentum, on random images and labels (no dataset needed).
+With PyTorch (on the CPU, unless --no_torch) both sides run without the auxiliary head, as
+the EMANet release's network (benchmarks/torch_emanet.py, same 53.8 M parameters), in
+HEMNet mode (gradient through the iterations, eta 0.5) and EMANet mode (iterations without
+gradient); ours, PyTorch eager and torch.compile are timed in interleaved rounds. The last
+line: `summary: speedup_vs_eager=... speedup_vs_compile=... mfu=...` (PyTorch's time / ours,
+HEMNet mode).
 
-MFU = XLA's cost-analysis FLOPs of one compiled step / step time / the jnp.dot peak
-(float32, or bfloat16 for a bfloat16 run) measured in the same run. Compile time is
-reported separately. --profile names where the step's time goes.
+MFU = the step's FLOPs (XLA's cost analysis of the step as lowered, before XLA hands
+convolutions to a library it cannot count, as cuDNN) / step time / the jnp.dot peak (float32,
+or bfloat16 for a bfloat16 run) measured in the same run. --profile names where our step's
+time goes. benchmarks/device_check.py calls the same functions (paper_config, compile_step,
+step_call, random_batches).
 """
+
+import os
+import sys
+
+
+def _cap_isa(argv):
+  """--isa avx2: cap XLA and PyTorch to AVX2, as on a CPU without AVX-512. Both read these
+  when they load, so this runs before either is imported."""
+  if "--isa=avx2" in argv or ("--isa", "avx2") in zip(argv, argv[1:]):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+
+
+_cap_isa(sys.argv[1:])
 
 import argparse
 import time
@@ -23,12 +45,84 @@ host_memory.reuse_freed_memory()
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
 from hemnet_jax.training import sharding, state as state_lib, steps
 
 import configs.voc as voc
+
+
+def paper_config(crop, batch, dtype, log_elbo=False, variant="hemnet"):
+  """configs/voc.py (`variant`: hemnet or emanet) at this crop, global batch and compute dtype."""
+  config = voc.get_config(variant)
+  config.data.crop_size = crop
+  config.train.batch_size = batch
+  config.train.dtype = dtype
+  config.train.log_elbo = log_elbo
+  return config
+
+
+def random_batches(config, mesh, count=1, seed=0):
+  """`count` batches of random images and labels, made on the devices in the batch layout."""
+  b, size = config.train.batch_size, config.data.crop_size
+
+  def make(key):
+    k1, k2 = jax.random.split(key)
+    return {"image": jax.random.normal(k1, (b, size, size, 3), jnp.float32),
+            "label": jax.random.randint(k2, (b, size, size), 0, config.data.num_classes,
+                                        jnp.int32)}
+  make = jax.jit(make, out_shardings=sharding.batch_sharding(mesh))
+  return [make(jax.random.key(seed + i)) for i in range(count)]
+
+
+def compile_step(config, donate=True):
+  """config's train step compiled for this host's devices, with a fresh state and a random
+  batch, called once (allocation, not timed). A dict: compiled, state, batch, mesh,
+  compile_s, flops (XLA's cost analysis of one step), memory_bytes (None if not reported),
+  aliased_bytes."""
+  mesh = sharding.make_mesh()
+  model = state_lib.build_model(config)
+  state = state_lib.create_train_state(config, model, jax.random.key(0), load_backbone=False)
+  state_sharding = sharding.state_shardings(state, mesh)
+  state = jax.device_put(state, state_sharding)
+  batch = random_batches(config, mesh)[0]
+  step = steps.jit_train_step(config, mesh, state_sharding, donate=donate)
+  t0 = time.perf_counter()
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  # The lowered step's count: the compiled one misses convolutions run by a library (cuDNN).
+  cost = lowered.cost_analysis() or compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  state, out = compiled(state, batch)
+  common.block(out)
+  return dict(compiled=compiled, state=state, batch=batch, mesh=mesh, compile_s=compile_s,
+              flops=float((cost or {}).get("flops", 0.0)),
+              memory_bytes=None if mem is None else (
+                  mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                  + mem.output_size_in_bytes - mem.alias_size_in_bytes),
+              aliased_bytes=None if mem is None else mem.alias_size_in_bytes)
+
+
+def step_call(bench):
+  """A callable that runs one step of `bench` (compile_step's) on its batch; returns the metrics."""
+  def call():
+    bench["state"], out = bench["compiled"](bench["state"], bench["batch"])
+    return out
+  return call
+
+
+def torch_comparison(args, mode, jax_call):
+  """{name: median seconds} of ours and PyTorch's steps in `mode`, interleaved."""
+  from benchmarks import torch_emanet  # imports torch: after _cap_isa
+  variants = ("torch_eager",) + (() if args.no_compile else ("torch_compile",))
+  fns, compile_s = torch_emanet.torch_train_steps(args.crop, args.batch, mode=mode,
+                                                  variants=variants)
+  if compile_s is not None:
+    print(f"  torch.compile warm-up (compile + 3 steps): {compile_s:.1f} s", flush=True)
+  sync = {name: (lambda r: r) for name in fns}  # PyTorch's CPU ops are synchronous
+  return common.interleaved({"jax": jax_call, **fns}, reps=1, rounds=args.steps, sync=sync)
 
 
 def main():
@@ -37,74 +131,75 @@ def main():
   parser.add_argument("--crop", type=int, default=513 if accel else 129)
   parser.add_argument("--batch", type=int, default=16 if accel else 2, help="global batch")
   parser.add_argument("--dtype", default="bfloat16" if accel else "float32")
-  parser.add_argument("--steps", type=int, default=10 if accel else 5)
+  parser.add_argument("--steps", type=int, default=10 if accel else 5, help="timed rounds")
+  parser.add_argument("--modes", default="hemnet,emanet", help="configs/voc.py variants")
+  parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                      help="avx2: cap XLA and PyTorch to AVX2 (read before either loads)")
+  parser.add_argument("--no_torch", action="store_true", help="ours alone (with the aux head)")
+  parser.add_argument("--no_compile", action="store_true", help="PyTorch eager only")
   parser.add_argument("--no_donate", action="store_true", help="do not donate the state")
   parser.add_argument("--log_elbo", action="store_true", help="also compute the per-iteration ELBO")
   parser.add_argument("--profile", action="store_true", help="name the top costs")
   args = parser.parse_args()
+  with_torch = not (args.no_torch or accel)
 
-  config = voc.get_config()
-  config.data.crop_size = args.crop
-  config.train.batch_size = args.batch
-  config.train.dtype = args.dtype
-  config.train.log_elbo = args.log_elbo
   print(common.banner())
-  print(f"train step: ResNet-101 OS {config.model.output_stride}, HEM C "
-        f"{config.model.head_channels} K {config.hem.num_bases} T {config.hem.num_iters}, crop "
-        f"{args.crop}, global batch {args.batch}, {args.dtype}, donate {not args.no_donate}")
-
-  mesh = sharding.make_mesh()
-  model = state_lib.build_model(config)
-  state = state_lib.create_train_state(config, model, jax.random.key(0), load_backbone=False)
-  state_sharding = sharding.state_shardings(state, mesh)
-  state = jax.device_put(state, state_sharding)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(args.batch, args.crop, args.crop, 3)).astype(np.float32),
-           "label": rng.integers(0, config.data.num_classes, (args.batch, args.crop, args.crop),
-                                 dtype=np.int32)}
-  batch = sharding.shard_batch(batch, mesh)
-  step = steps.jit_train_step(config, mesh, state_sharding, donate=not args.no_donate)
-
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0))
-  state, out = compiled(state, batch)  # first call: allocation, not counted
-  common.block(out)
-
-  def call():
-    nonlocal state
-    state, o = compiled(state, batch)
-    return o
-
-  # The peak in the same process, just before the steps (interleaving it with the steps
-  # measured it 30-50 % low: the step's threads were still winding down).
+  print(f"isa: {args.isa} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
+        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')})")
+  if with_torch:
+    import torch
+    print(f"torch {torch.__version__}, {os.cpu_count()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")
   peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  peak, n = common.matmul_peak(peak_dtype)
-  times = common.interleaved({"step": call}, reps=1, rounds=args.steps)
-  step_s = times["step"]
-  mem = compiled.memory_analysis()
-  print(f"compile: {compile_s:.1f} s")
-  print(f"step: {step_s * 1e3:.1f} ms (median of {args.steps} steps), "
-        f"{args.batch / step_s:.2f} images/s")
-  print(f"XLA cost analysis: {flops / 1e9:.1f} GFLOP per step, "
-        f"{common.gflops(flops / step_s)}")
-  print(f"{jnp.dtype(peak_dtype).name} jnp.dot peak: {common.gflops(peak)} (at {n}^3, this run)")
-  if mem is not None:
-    total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-             - mem.alias_size_in_bytes)
-    print(f"memory (XLA memory analysis): {total / 2**20:.0f} MiB, of which "
-          f"{mem.alias_size_in_bytes / 2**20:.0f} MiB of outputs reuse donated inputs")
-  print(f"MFU: {flops / step_s / peak:.1%} of the measured peak")
-  if args.profile:
-    rows = common.profile_ops(call, compiled.as_text(), reps=2, top=8)
-    print("profile (share of summed op time):")
-    for name, ms, share in rows:
-      print(f"  {share:6.1%} {ms:9.1f} ms  {name}")
-  print(f"summary: images_per_s={args.batch / step_s:.2f} mfu={flops / step_s / peak:.3f} "
-        f"compile_s={compile_s:.1f}")
+  results = {}
+  for mode in args.modes.split(","):
+    config = paper_config(args.crop, args.batch, args.dtype, args.log_elbo, mode)
+    if with_torch:
+      config.model.aux_weight = 0.0  # the release's network has no auxiliary head
+    print(f"\n== {mode}: ResNet-101 OS {config.model.output_stride}, HEM C "
+          f"{config.model.head_channels} K {config.hem.num_bases} T {config.hem.num_iters} eta "
+          f"{config.hem.eta}, aux head {config.model.aux_weight > 0}, crop {args.crop}, global "
+          f"batch {args.batch}, {args.dtype}, donate {not args.no_donate}", flush=True)
+    bench = compile_step(config, donate=not args.no_donate)
+    call, flops = step_call(bench), bench["flops"]
+    print(f"  compile: {bench['compile_s']:.1f} s; XLA cost analysis: {flops / 1e9:.1f} GFLOP "
+          "per step", flush=True)
+    if bench["memory_bytes"] is not None:
+      print(f"  memory (XLA memory analysis): {bench['memory_bytes'] / 2**20:.0f} MiB, of which "
+            f"{bench['aliased_bytes'] / 2**20:.0f} MiB of outputs reuse donated inputs")
+    # The peak in the same process, just before the steps (interleaving it with the steps
+    # measured it 30-50 % low: the step's threads were still winding down).
+    peak, n = common.matmul_peak(peak_dtype)
+    times = (torch_comparison(args, mode, call) if with_torch
+             else common.interleaved({"jax": call}, reps=1, rounds=args.steps))
+    step_s = times["jax"]
+    results[mode] = dict(times, mfu=flops / step_s / peak)
+    print(f"  {jnp.dtype(peak_dtype).name} jnp.dot peak: {common.gflops(peak)} (at {n}^3)")
+    print(f"  ours: {step_s * 1e3:.1f} ms ({args.batch / step_s:.2f} images/s, "
+          f"{common.gflops(flops / step_s)}, MFU {flops / step_s / peak:.1%} of the peak)")
+    for name in ("torch_eager", "torch_compile"):
+      if name in times:
+        print(f"  {name}: {times[name] * 1e3:.1f} ms; ours is {times[name] / step_s:.2f}x")
+    if args.profile:
+      rows = common.profile_ops(call, bench["compiled"].as_text(), reps=2, top=8)
+      print("  profile (share of summed op time):")
+      for name, ms, share in rows:
+        print(f"    {share:6.1%} {ms:9.1f} ms  {name}")
+    del bench, call
+
+  r = results.get("hemnet") or next(iter(results.values()))
+  for mode, m in results.items():  # one line per mode, then the summary (HEMNet mode)
+    if "torch_eager" in m:
+      print(f"{mode}: speedup_vs_eager={m['torch_eager'] / m['jax']:.2f} speedup_vs_compile="
+            + (f"{m['torch_compile'] / m['jax']:.2f}" if "torch_compile" in m else "n/a")
+            + f" mfu={m['mfu']:.3f}")
+  if "torch_eager" in r:
+    print(f"summary: speedup_vs_eager={r['torch_eager'] / r['jax']:.2f} speedup_vs_compile="
+          + (f"{r['torch_compile'] / r['jax']:.2f}" if "torch_compile" in r else "n/a")
+          + f" mfu={r['mfu']:.3f}")
+  else:
+    print(f"summary: images_per_s={args.batch / r['jax']:.2f} mfu={r['mfu']:.3f}")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,11 @@ def fake_voc(tmp_path_factory):
   return data_dir, TESTDATA / "voc_aug"
 
 
-# A 2-step tiny demo run (checkpoints at steps 1 and 2) evaluated on 4 validation images.
+# A 2-step tiny demo run (checkpoints at steps 1 and 2) evaluated on 4 validation images after
+# each step (the periodic evaluation and the final one: test_summaries.py reads both).
 TINY_RUN = {"train.num_steps": 2, "train.checkpoint_every": 1, "data.eval_split": "validation[:4]",
-            "data.eval_batch_size": 4}
+            "data.eval_batch_size": 4, "train.eval_every": 1,
+            "train.summary_images": 3}
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,12 @@
 """The benchmarks still run and print what scripts read (tiny shapes; no timing asserted)."""
 
+import contextlib
+import math
 import re
 import subprocess
 import sys
+
+import pytest
 
 from helpers import ROOT
 
@@ -30,3 +34,254 @@ def test_hem_layer_prints_the_summary_line_last():
 def test_peak_prints_float32():
   out = _run("benchmarks.peak")
   assert re.search(r"float32 jnp.dot peak: [\d.]+ GFLOP/s", out), out
+
+
+def test_device_check_smoke_writes_the_three_tables_rows(tmp_path):
+  """benchmarks/device_check.sh --smoke: every part runs (tiny shapes) and the rows file has
+  rows of BENCHMARKS.md's three tables, with numbers, in their column counts."""
+  import os
+  out = tmp_path / "dc"
+  env = {**os.environ, "PYTHON": sys.executable}
+  proc = subprocess.run(["bash", "benchmarks/device_check.sh", "--smoke", "--out", str(out)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  assert "all parts done" in proc.stdout
+  assert "all parts done" in (out / "device_check.log").read_text()
+  text = (out / "device_rows.md").read_text()
+  tables = {}
+  for block in text.split("### ")[1:]:
+    title, *lines = block.strip().splitlines()
+    tables[title] = [line for line in lines if line.startswith("| ")]
+  assert set(tables) == {"The device's matmul limit", "The HEM unit, forward + backward",
+                         "The train step"}
+  benchmarks_md = (ROOT / "BENCHMARKS.md").read_text()
+  num, flops = r"\d+\.\d+", r"\d+\.\d+ [GT]FLOP/s"
+  # Per row, the cells after the device's, as patterns (None: any text).
+  expected = {
+      "The device's matmul limit": [[rf"{flops} \(at \d+\^3\)", None]],
+      "The HEM unit, forward + backward": [[rf"{num} ms"] * 3 + [rf"\*\*{num}x\*\*"] * 2
+                                           + [rf"\*\*\d+ %\*\* \({flops} of {flops}\)"]],
+      "The train step": [[None, rf"{num} s", rf"{num} ms", num, r"\*\*\d+ %\*\* .*", r"\d+ MiB"],
+                         [None, None, rf"{num} ms \(mean\)", num, r"\*\*\d+ %\*\* .*", ""]],
+  }
+  for title, (header, _, *rows) in tables.items():
+    assert header in benchmarks_md, header  # BENCHMARKS.md's own columns
+    assert len(rows) == len(expected[title]), rows
+    for row, patterns in zip(rows, expected[title]):
+      cells = [c.strip() for c in row.strip().strip("|").split("|")]
+      assert len(cells) == header.count("|") - 1, row
+      for cell, pattern in zip(cells[1:], patterns):
+        assert pattern is None or re.fullmatch(pattern, cell), (pattern, cell)
+
+
+def test_device_check_imports_neither_tfds_nor_grain_nor_tensorboardx():
+  """The accelerator machine it runs on has jax, flax, optax, orbax and torch, not these."""
+  code = ("import sys; from benchmarks import device_check, hem_layer, train_step; "
+          "from hemnet_jax.training import meter; "
+          "print(sorted({m.split('.')[0] for m in sys.modules}))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  loaded = set(eval(proc.stdout.strip().splitlines()[-1]))  # noqa: S307 (our own output)
+  assert "jax" in loaded and "flax" in loaded
+  assert not loaded & {"tensorflow_datasets", "tensorflow", "grain", "array_record", "tensorboardX"}
+
+
+# benchmarks/torch_emanet.py, the PyTorch side of benchmarks/train_step.py, at a tiny size. Stage
+# 4 has the three multi-grid blocks (dilations 2, 8, 16); crop 65 gives a 9 x 9 map at OS 8, wide
+# enough that each of them (and a wrong one in their place) reaches different pixels.
+TINY_TORCH = dict(stage_sizes=(1, 1, 1, 3), width=4, stem_width=8, head_channels=16,
+                  decoder_channels=8, num_bases=4)
+TORCH_CROP, TORCH_CLASSES = 65, 21
+
+
+@pytest.fixture
+def one_torch_thread():
+  """One intra-op thread: on a shared 2-core machine two threads wait on each other ~10 ms per op."""
+  import torch
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _quick_compile(jax):
+  """XLA without most optimisations: compiling, not running, is what takes a tiny net's time."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _torch_batch(batch=2):
+  from benchmarks import torch_emanet
+  images, labels = torch_emanet.random_batch(TORCH_CROP, batch, TORCH_CLASSES)
+  labels[:, :5] = torch_emanet.IGNORE_LABEL  # some ignored pixels
+  return images, labels
+
+
+def test_torch_emanet_step_trains_both_modes_and_hemnet_backprops_through_em(one_torch_thread):
+  import torch
+  from benchmarks import torch_emanet
+  images, labels = _torch_batch()
+  for mode in ("emanet", "hemnet"):
+    torch.manual_seed(0)
+    net = torch_emanet.EMANet(TORCH_CLASSES, mode, **TINY_TORCH)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loss = torch_emanet.make_step(net, images, labels)()
+    assert torch.isfinite(loss), (mode, loss)
+    after = net.state_dict()
+    for key in ("extractor.0.0.weight", "extractor.7.2.conv2.weight", "fc0.conv.weight",
+                "emau.conv2.0.weight", "fc2.weight", "fc2.bias", "emau.mu"):
+      assert not torch.equal(before[key], after[key]), (mode, key)
+    grad = net.emau.conv1.weight.grad
+    if mode == "emanet":  # conv1 only feeds the no_grad iterations: no gradient, no update
+      assert grad is None
+      assert torch.equal(before["emau.conv1.weight"], after["emau.conv1.weight"])
+    else:  # its only path to the loss is through the T iterations
+      assert grad is not None and grad.abs().max() > 0, mode
+      assert not torch.equal(before["emau.conv1.weight"], after["emau.conv1.weight"])
+
+
+def test_torch_emanet_train_steps_are_warm_callables(one_torch_thread):
+  from benchmarks import torch_emanet
+  fns, compile_s = torch_emanet.torch_train_steps(TORCH_CROP, 1, TORCH_CLASSES, "hemnet",
+                                                  variants=("torch_eager",), warmup=1,
+                                                  num_threads=1, **TINY_TORCH)
+  assert list(fns) == ["torch_eager"] and compile_s is None
+  losses = [float(fns["torch_eager"]()) for _ in range(2)]
+  assert all(math.isfinite(x) for x in losses) and losses[0] != losses[1]  # it does train
+  with pytest.raises(ValueError, match="mode"):
+    torch_emanet.EMANet(mode="fcn")
+
+
+def test_torch_emanet_is_our_hemnet(one_torch_thread):
+  """Its weights converted (hemnet_jax.convert.emanet), our HEMNet of configs/voc.py gives its
+  logits, loss, gradients and mu0 update in training mode, in float64 to 1e-9: both sides
+  compute the same network (in float32 they differ by float32's rounding, ~1e-3). HEMNet mode;
+  the EM unit of both modes is compared on its own below (each compile here takes seconds)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  import torch.nn.functional as F
+
+  import configs.voc as voc
+  from benchmarks import torch_emanet
+  from hemnet_jax.convert import emanet as convert_emanet
+  from hemnet_jax.training import metrics, state as state_lib
+  from tests import torch_reference
+
+  mode = "hemnet"
+  torch.manual_seed(0)
+  net = torch_emanet.EMANet(TORCH_CLASSES, mode, dropout=0.0, **TINY_TORCH)
+  net = torch_reference.randomize(net, 0).double().train()  # random weights and BN statistics
+  variables, _, _ = convert_emanet.convert(net.state_dict(), voc.get_config())
+  config = voc.get_config(mode)
+  for k in ("stage_sizes", "width", "stem_width", "head_channels", "decoder_channels"):
+    config.model[k] = TINY_TORCH[k]
+  config.model.aux_weight, config.model.dropout = 0.0, 0.0
+  config.hem.num_bases, config.data.num_classes = TINY_TORCH["num_bases"], TORCH_CLASSES
+  images, labels = _torch_batch()
+
+  logits = net(images.double())
+  loss = F.cross_entropy(logits, labels, ignore_index=torch_emanet.IGNORE_LABEL)
+  loss.backward()
+
+  with jax.enable_x64(True), _quick_compile(jax):
+    model = state_lib.build_model(config).clone(dtype=jnp.float64)
+    variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
+    x = jnp.asarray(images.permute(0, 2, 3, 1).numpy(), jnp.float64)
+
+    def loss_fn(params):
+      (out, _), updates = model.apply({**variables, "params": params}, x, train=True,
+                                      mutable=["batch_stats", "hem_bases"])
+      return metrics.cross_entropy(out, jnp.asarray(labels.numpy())), (out, updates)
+    (our_loss, (our_logits, updates)), grads = jax.jit(
+        jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+
+  close = lambda a, b, **kw: np.testing.assert_allclose(
+      a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max(), **kw)
+  ref_logits = logits.detach().permute(0, 2, 3, 1).numpy()
+  assert np.abs(ref_logits).max() > 0.1
+  close(our_logits, ref_logits)
+  close(our_loss, loss.item())
+  oihw = lambda k: np.asarray(k).transpose(3, 2, 0, 1)
+  pairs = {("classifier",): net.fc2, ("head_conv_in",): net.fc0.conv,
+           ("backbone", "stem_conv1"): net.extractor[0][0],
+           ("backbone", "layer4_2", "conv2"): net.extractor[7][2].conv2,  # dilation 16
+           ("hem", "conv_out"): net.emau.conv2[0]}
+  for path, module in pairs.items():
+    ours = grads
+    for key in path:
+      ours = ours[key]
+    close(oihw(ours["kernel"]), module.weight.grad.numpy(), err_msg=str(path))
+  conv_in = oihw(grads["hem"]["conv_in"]["kernel"])
+  if mode == "emanet":  # no gradient through the iterations, the only path conv_in has
+    assert net.emau.conv1.weight.grad is None and not np.any(conv_in)
+  else:  # through the T iterations, as our hand-written backward (hem/vjp.py) computes it
+    ref_grad = net.emau.conv1.weight.grad.numpy()
+    assert np.abs(ref_grad).max() > 0
+    close(conv_in, ref_grad)
+  close(updates["hem_bases"]["hem"]["mu0"], net.emau.mu[0].T.numpy())
+
+
+@pytest.mark.parametrize("mode", ["emanet", "hemnet"])
+def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
+  """The EM unit of each mode against our HEMUnit with configs/voc.py's variant, in float64:
+  output, gradients (input, conv_in, conv_out) and mu0's moving average."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+
+  import configs.voc as voc
+  from benchmarks import torch_emanet
+  from hemnet_jax.models.hem_unit import BASES, HEMUnit
+  from hemnet_jax.training import config as config_lib
+  from tests import torch_reference
+
+  c, k = TINY_TORCH["head_channels"], TINY_TORCH["num_bases"]
+  torch.manual_seed(0)
+  unit = torch_emanet.EMANet(TORCH_CLASSES, mode, **TINY_TORCH).emau  # the mode as EMANet sets it
+  unit = torch_reference.randomize(unit, 0).double().train()
+  bn = unit.conv2[1]
+  config = voc.get_config(mode)
+  config.model.head_channels, config.hem.num_bases = c, k
+  ours = HEMUnit(**config_lib.resolve(config).hem.to_dict(), bn_momentum=0.9997)
+  arr = lambda t: t.detach().numpy().copy()  # float64 (jnp: float32 outside enable_x64), a copy
+  hwio = lambda w: arr(w.permute(2, 3, 1, 0))
+  variables = {"params": {"conv_in": {"kernel": hwio(unit.conv1.weight), "bias": arr(unit.conv1.bias)},
+                          "conv_out": {"kernel": hwio(unit.conv2[0].weight)},
+                          "bn_out": {"scale": arr(bn.weight), "bias": arr(bn.bias)}},
+               "batch_stats": {"bn_out": {"mean": arr(bn.running_mean), "var": arr(bn.running_var)}},
+               BASES: {"mu0": arr(unit.mu[0].T)}}
+  g = torch.Generator().manual_seed(1)
+  x = torch.randn(2, c, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+  w = torch.randn(2, c, 5, 7, generator=g, dtype=torch.float64)
+  y = unit(x)
+  (y * w).sum().backward()
+
+  with jax.enable_x64(True), _quick_compile(jax):
+    variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
+    nhwc = lambda t: jnp.asarray(arr(t.permute(0, 2, 3, 1)))
+
+    def fn(params, x):
+      out, updates = ours.clone(dtype=jnp.float64).apply(
+          {**variables, "params": params}, x, train=True, mutable=["batch_stats", BASES])
+      return jnp.sum(out * nhwc(w)), (out, updates)
+    (_, (our_y, updates)), (grads, dx) = jax.jit(jax.value_and_grad(fn, (0, 1), has_aux=True))(
+        variables["params"], nhwc(x))
+
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max())
+  close(our_y, y.detach().permute(0, 2, 3, 1).numpy())
+  close(dx, x.grad.permute(0, 2, 3, 1).numpy())
+  close(grads["conv_out"]["kernel"], hwio(unit.conv2[0].weight.grad))
+  if mode == "emanet":
+    assert unit.conv1.weight.grad is None and not np.any(grads["conv_in"]["kernel"])
+  else:
+    close(grads["conv_in"]["kernel"], hwio(unit.conv1.weight.grad))
+  close(updates[BASES]["mu0"], unit.mu[0].T.numpy())

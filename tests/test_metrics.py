@@ -35,3 +35,8 @@ def test_confusion_matrix_and_iou():
   s = metrics.summarize(cm, ["a", "b", "c", "d"])
   np.testing.assert_allclose(s["miou"], (1 / 3 + 2 / 3 + 0) / 3)
   assert s["per_class_iou"]["d"] is None and s["pixel_accuracy"] == 3 / 5
+
+
+def test_the_loss_skips_the_label_the_data_pipeline_pads_with():
+  from hemnet_jax import data
+  assert metrics.IGNORE_LABEL == data.IGNORE_LABEL

@@ -58,13 +58,13 @@ def test_killed_at_random_moments_the_rerun_ends_bit_identical(data_dir, tmp_pat
   # Every write lingers 1 s before it commits, so that half the kills land inside one.
   slow = env(data_dir, **{"HEMNET_TEST_SAVE_DELAY_S": "1"})
   in_write = 0
-  for kill in range(3):
+  for kill in range(2):
     proc = subprocess.Popen(main_cmd(work, *flags), cwd=ROOT, env=slow, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     done = max(checkpoints.committed_steps(work), default=0)
     writing = lambda: [p for p in ckpts.glob("*.orbax-checkpoint-tmp*")
                        if int(p.name.split(".")[0]) > done]
-    # Kills 0 and 2 land inside the write of a new step, kill 1 anywhere after one more commit.
+    # Kill 0 lands inside the write of a new step, kill 1 anywhere after one more commit.
     inside = kill % 2 == 0
     ready = writing if inside else lambda: max(checkpoints.committed_steps(work), default=0) > done
     t0 = time.time()
@@ -132,7 +132,8 @@ def test_a_changed_config_stops_before_touching_the_workdir(data_dir, short_run,
   # Logging, saving and evaluation settings may change; the stored values are resolved ones
   # (temperature sqrt(C)), compared with this config's resolved values.
   harmless = tiny_config(data_dir, **{**SHORT, "train.log_every": 1, "train.checkpoint_every": 1,
-                                      "data.eval_batch_size": 2, "eval.flip": True})
+                                      "data.eval_batch_size": 2, "eval.flip": True,
+                                      "train.summary_images": 0})
   assert harmless.hem.temperature is None
   assert drift.check(work, config_lib.validate(harmless)) == {}
   schedule = config_lib.validate(tiny_config(data_dir, **{**SHORT, "train.num_steps": 6}))

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from helpers import ROOT, main_cmd, tiny_flags
+from helpers import ROOT, event_images, main_cmd, tiny_flags
 
 # Runs in a subprocess with 8 simulated CPU devices: one train step of the same
 # global batch on 1 device and on 8 (replicated or FSDP); prints relative errors.
@@ -82,7 +82,8 @@ def test_eight_devices_match_one_with_and_without_fsdp():
 
 def test_two_processes_agree_and_their_checkpoint_restores_on_one_device(data_dir, tmp_path):
   workdir = tmp_path / "mp"
-  flags = tiny_flags(**{"train.num_steps": 3, "train.checkpoint_every": 3, "train.log_every": 1})
+  flags = tiny_flags(**{"train.num_steps": 3, "train.checkpoint_every": 3, "train.log_every": 1,
+                        "train.summary_images": 1})
   cmd = ["launch/local.sh", "-n", "2", "-p", "12391", "-l", str(tmp_path / "logs"), "--",
          *main_cmd(workdir, *flags, "--verbosity=0")]
   res = subprocess.run(cmd, cwd=ROOT, env=env_with_devices(1, data_dir), capture_output=True,
@@ -96,6 +97,8 @@ def test_two_processes_agree_and_their_checkpoint_restores_on_one_device(data_di
         losses.setdefault(int(step), []).append(float(loss))
   assert sorted(losses) == [1, 2, 3] and all(len(v) == 2 and v[0] == v[1] for v in losses.values())
   assert (workdir / "results.json").exists() and (workdir / "checkpoints" / "3").exists()
+  # The image summaries' forward ran on both processes; process 0 alone wrote them.
+  assert {3} == set(event_images(workdir / "tensorboard")["eval/images/0/attention"])
 
   more = tiny_flags(**{"train.num_steps": 4, "train.checkpoint_every": 4})
   res = subprocess.run(main_cmd(workdir, *more, "--allow_config_change"), cwd=ROOT, env=env_with_devices(1, data_dir),
@@ -111,6 +114,7 @@ def test_two_processes_agree_and_their_checkpoint_restores_on_one_device(data_di
 def test_checkpoint_from_eight_devices_continues_on_two(data_dir, tmp_path):
   def train_until(steps, devices):  # a longer schedule the second time: --allow_config_change
     flags = tiny_flags(**{"train.num_steps": steps, "train.checkpoint_every": 3,
+                          "train.summary_images": 3,
                           "train.batch_size": 8, "train.fsdp": True})
     return subprocess.run(main_cmd(tmp_path, *flags, "--allow_config_change"), cwd=ROOT,
                           env=env_with_devices(devices, data_dir), capture_output=True, text=True,
@@ -121,3 +125,5 @@ def test_checkpoint_from_eight_devices_continues_on_two(data_dir, tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert "at step 3" in second.stdout
   assert json.loads((tmp_path / "results.json").read_text())["step"] == 5
+  # Image summaries from FSDP-sharded parameters, on 8 devices and on 2.
+  assert {3, 5} == set(event_images(tmp_path / "tensorboard")["eval/images/2/prediction"])

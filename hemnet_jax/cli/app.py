@@ -46,6 +46,7 @@ def start(work):
   """Runs a program: host set-up, flag parsing, then work(flags.FLAGS) inside `run`;
   its return value (None or an int) is the exit status."""
   host_memory.reuse_freed_memory()  # before XLA's first computation (see host_memory.py)
+  sys.unraisablehook = _quiet_abandoned_checkpoint_io
 
   def main(argv):
     if not flags.FLAGS["verbosity"].present:
@@ -58,6 +59,21 @@ def start(work):
       raise
 
   app.run(main)
+
+
+def _quiet_abandoned_checkpoint_io(unraisable):
+  """Silences what a failed orbax restore leaves behind, and only that.
+
+  When one read of a damaged checkpoint fails, orbax abandons its sibling reads: their
+  coroutines are collected later ("Exception ignored in: <coroutine ...>") and their
+  callbacks find orbax's event loop closed. The failure itself is reported (a fallback
+  line, or the one error line); these echoes of it would print tracebacks before it.
+  """
+  exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+  if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed") or (
+      code is not None and "/orbax/" in code.co_filename):
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def _exit_now(status):

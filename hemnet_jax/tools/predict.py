@@ -20,16 +20,13 @@ the exit status is 1 if any image failed.
 
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from PIL import Image, ImageOps
 
 from hemnet_jax import cli
-from hemnet_jax.data import pipeline
-from hemnet_jax.models.hem_unit import ATTENTION
 from hemnet_jax.training import checkpoints, state as state_lib
+from hemnet_jax.training.images import make_forward, predict  # shared with the loop's summaries
 from hemnet_jax.vis import render
 
 
@@ -50,43 +47,10 @@ def restore_variables(workdir, checkpoint=None):
   return config, model, state.variables(), step
 
 
-def make_forward(model, attention=False):
-  """jitted (variables, normalised image [H, W, 3]) -> (logits [H, W, classes], gamma or None)."""
-
-  @jax.jit
-  def forward(variables, image):
-    (logits, _), updates = model.apply(variables, image[None], train=False,
-                                       mutable=[ATTENTION] if attention else [])
-    gammas = jax.tree.leaves(updates.get(ATTENTION, {}))  # one HEM unit: one sown gamma
-    return logits[0], gammas[0][0] if gammas else None
-
-  return forward
-
-
 def load_image(path):
   """A uint8 RGB array of an image file, turned upright as its EXIF orientation says."""
   with Image.open(path) as image:
     return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-
-
-def predict(forward, variables, image, output_stride, max_side=0, plus_one=False):
-  """(label map [H, W] uint8, last-iteration gamma [h, w, K] or None) of a uint8 RGB image,
-  segmented at most `max_side` pixels on its longer side (0: as it is)."""
-  h, w = image.shape[:2]
-  if max_side and max(h, w) > max_side:
-    scale = max_side / max(h, w)
-    small = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                          Image.BILINEAR)
-    label, gamma = predict(forward, variables, np.asarray(small), output_stride,
-                           plus_one=plus_one)
-    return np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST)), gamma
-  # Evaluation's own normalisation and padding (a dummy label rides along).
-  example = pipeline.eval_transform(
-      {"image": image, "label": np.zeros((h, w), np.uint8)}, multiple=output_stride,
-      plus_one=plus_one)
-  logits, gamma = forward(variables, jnp.asarray(example["image"]))
-  label = np.asarray(jnp.argmax(logits[:h, :w], axis=-1)).astype(np.uint8)
-  return label, None if gamma is None else np.asarray(gamma)
 
 
 def write_outputs(out, name, image, label, colours, gamma=None):

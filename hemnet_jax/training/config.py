@@ -108,6 +108,9 @@ def default_config():
       checkpoint_every=1_000,
       keep_checkpoints=3,
       log_elbo=True,  # per-iteration ELBO of the HEM unit in the summaries
+      # The first this many validation images as image summaries at every evaluation
+      # (prediction over the image, label, attention maps); 0: none.
+      summary_images=3,
       fsdp=False,  # shard parameters and optimizer state over the data axis
   )
   # `--mode eval` (hemnet_jax/evaluate.py). T_eval is hem.num_iters_eval.
@@ -196,6 +199,8 @@ def validate(config):
   _check(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
   _check(len(config.eval.scales) >= 1 and all(s > 0 for s in config.eval.scales), "eval.scales",
          f"must be one or more positive scales, got {config.eval.scales!r}")
+  _check(isinstance(t.summary_images, int) and t.summary_images >= 0, "train.summary_images",
+         f"must be an int >= 0, got {t.summary_images!r}")
   for name in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every"):
     _check(t[name] >= 1, f"train.{name}", f"must be >= 1, got {t[name]}")
   return resolve(config)

@@ -20,7 +20,7 @@ CHANGES = "config_changes.jsonl"
 # often to log, evaluate and save, how to evaluate, where the files are, memory/layout.
 HARMLESS = (
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.log_elbo", "train.fsdp", "hem.remat", "hem.num_iters_eval",
+    "train.log_elbo", "train.summary_images", "train.fsdp", "hem.remat", "hem.num_iters_eval",
     "data.data_dir", "data.manual_dir", "data.eval_split", "data.eval_batch_size",
     "data.eval_size", "data.num_threads", "data.prefetch", "model.backbone_checkpoint", "eval.*",
 )

@@ -1,7 +1,6 @@
 """The training loop: train, log, checkpoint, evaluate, resume where a run stopped."""
 
 import json
-import time
 
 import jax
 import numpy as np
@@ -10,7 +9,8 @@ from etils import epath
 
 from hemnet_jax.data import pipeline
 from hemnet_jax.training import (attention, checkpoints, config as config_lib, drift, evaluation,
-                                 metrics, preemption as preemption_lib, sharding, steps)
+                                 images, meter as meter_lib, metrics, preemption as preemption_lib,
+                                 sharding, steps)
 from hemnet_jax.training.state import build_model, create_train_state
 
 
@@ -68,6 +68,7 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
       drift.record(workdir, changes, resumed_at)
     checkpoints.save_config(workdir, config)
   writer = _summary_writer(workdir) if is_main else None
+  samples = images.choose(config, model, eval_split, mesh)  # fixed validation images to show
 
   start, num_steps = int(state.step), config.train.num_steps
   batches = pipeline.train_batches(
@@ -75,33 +76,39 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
       seed=config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count())
   p_train_step = steps.jit_train_step(config, mesh, state_sharding)
-  preemption, history, t_last = preemption_lib.Preemption(), [], time.time()
+  preemption, history = preemption_lib.Preemption(), []
+  meter = meter_lib.Throughput(config.train.batch_size)  # train steps only (meter.py)
   for step in range(start + 1, num_steps + 1):
     state, step_metrics = p_train_step(state, sharding.shard_batch(next(batches), mesh))
+    meter.step()
+    if step == start + 1:
+      meter.resume(after=step_metrics)  # the first step compiles: time from the next one
     history.append(step_metrics)  # device arrays: fetched only at log/checkpoint time
     if step % config.train.log_every == 0 or step == num_steps:
       _check_finite(history, step, mngr)
       means = {k: np.mean(jax.device_get([h[k] for h in history]), 0) for k in history[0]}
-      ips = len(history) * config.train.batch_size / (time.time() - t_last)
+      ips = meter.rate(after=history)  # fetched above: the steps are done
       logging.info("process %d step %d loss %.8f", jax.process_index(), step, means["loss"])
       if is_main:
         _write_train(writer, step, means, ips, attention.mu0_report(state.hem_bases))
-        eta = (num_steps - step) * config.train.batch_size / ips
         print(f"step {step}/{num_steps}  loss {means['loss']:.4f}  lr {means['lr']:.2e}  "
-              f"{ips:.1f} img/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
-      history, t_last = [], time.time()
+              f"{meter.progress(num_steps - step)}", flush=True)
+      history = []
     is_ckpt_step = step % config.train.checkpoint_every == 0 or step == num_steps
     noticed = preemption.noticed(step % config.train.log_every == 0 or is_ckpt_step)
     if is_ckpt_step or noticed:
-      _check_finite(history, step, mngr)
-      checkpoints.save(mngr, step, state)
+      with meter.paused(after=state):
+        _check_finite(history, step, mngr)
+        checkpoints.save(mngr, step, state)
     if noticed:
       checkpoints.wait(mngr)
       who = f" (the notice reached process {noticed})" if jax.process_count() > 1 else ""
       print(f"SIGTERM: saved a checkpoint at step {step}; exiting{who}.", flush=True)
       raise SystemExit(143)
     if step % config.train.eval_every == 0 and step != num_steps:
-      summary, _ = evaluation.evaluate(state, model, eval_split, config, mesh)
+      with meter.paused(after=state):
+        summary, _ = evaluation.evaluate(state, model, eval_split, config, mesh)
+        images.write(writer, step, state, samples)  # on every process; process 0 writes
       if is_main:
         writer.add_scalar("eval/miou", summary["miou"], step)
         print(f"step {step}: val mIoU {100 * summary['miou']:.2f}", flush=True)
@@ -111,6 +118,7 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
   summary = {"step": int(state.step), "num_iters_eval": config.hem.num_iters_eval,
              **summary, "confusion_matrix": cm.tolist()}
   attention.add_mu0(summary, state.hem_bases)  # gamma's (validation) + mu0's
+  images.write(writer, summary["step"], state, samples)
   if is_main:
     _write_eval(writer, summary)
     (workdir / "results.json").write_text(json.dumps(summary, indent=2))
@@ -135,7 +143,8 @@ def _write_train(writer, step, means, images_per_sec, mu0_diagnostics=None):
         writer.add_scalar(f"train/{k}/iter_{t}", float(e), step)
     else:
       writer.add_scalar(f"train/{k}", float(v), step)
-  writer.add_scalar("train/images_per_sec", images_per_sec, step)
+  if images_per_sec is not None:  # None: the interval held only the compiling step
+    writer.add_scalar("train/images_per_sec", images_per_sec, step)
   writer.flush()
 
 

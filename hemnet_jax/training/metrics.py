@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemnet_jax.data import IGNORE_LABEL
-
+# hemnet_jax.data.IGNORE_LABEL, the label the loss and metrics skip; not imported from there,
+# because importing data/ imports tfds, which the train step does not need (a device-only
+# install may lack it: benchmarks/device_check.py). tests/test_metrics.py checks they agree.
+IGNORE_LABEL = 255
 
 
 def cross_entropy(logits, labels, ignore_label=IGNORE_LABEL):
