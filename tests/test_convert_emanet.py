@@ -274,8 +274,10 @@ def test_eval_predict_and_training_continue_on_the_converted_run(fake_voc, tmp_p
   assert res.returncode == 0, res.stderr[-3000:]
   assert np.asarray(Image.open(tmp_path / "pred" / "a_label.png")).shape == (37, 46)
 
+  # Like any run, training it on other settings is a deliberate change (training/drift.py).
   res = subprocess.run([*main, *data, "--config.train.num_steps=1235", "--config.data.crop_size=33",
-                        "--config.train.batch_size=2", "--config.data.eval_split=validation[:2]"],
+                        "--config.train.batch_size=2", "--config.data.eval_split=validation[:2]",
+                        "--allow_config_change"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "Resumed from" in res.stdout and "at step 1234" in res.stdout
