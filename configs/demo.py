@@ -2,9 +2,12 @@
 
   python -m hemnet_jax.main --config configs/demo.py --workdir /tmp/hemnet_demo
 
-Expected: val mIoU 74.25 % after 1,500 steps (about 4 minutes with dataset generation on an
-idle 2-core CPU with AVX-512; the run is deterministic: the same code gives the same figure),
-and the final report's attention line: 2 distinct bases of 16 in mu0 (docs/collapse.md).
+Expected: val mIoU 73.96 % after 1,500 steps (measured at 88bce7e in a fresh clone and venv; about 4
+minutes with dataset generation on an idle 2-core CPU with AVX-512, 8-10 on one with AVX2 only; the
+run is deterministic on one machine: the same code gives the same figure), and the final report's
+attention line: 2 distinct bases of 16 in mu0 (docs/collapse.md). The figure moves by a few tenths
+with the rounding of the convolutions: 74.25 % at d4b63a7, before the CPU's 3x3 convolutions became
+GEMMs.
 `--config configs/demo.py:emanet` gives the EMANet baseline of the same size (74.62 % at an
 earlier commit). The same code as the paper's model at a small width and depth; the HEM
 settings are the paper's (eta 0.5, T_train 3, temperature sqrt(C)).
