@@ -29,7 +29,7 @@ import traceback
 from hemnet_jax.cli import host_memory
 
 # --smoke checks the code paths, not the figures: XLA compiles with its cheapest backend
-# passes, 4x faster on a small CPU (read when JAX starts its backend).
+# passes, far faster to compile on a small CPU (read when JAX starts its backend).
 SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "--smoke" in sys.argv[1:]:
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
