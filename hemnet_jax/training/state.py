@@ -44,24 +44,39 @@ def make_optimizer(config):
                      optax.sgd(learning_rate_fn(config), momentum=config.train.momentum))
 
 
+# Initialisation runs once, and its program is mostly every parameter's random initialiser,
+# which XLA:CPU's full optimisation pipeline takes 4x longer to compile than to run unoptimised.
+_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _init_args(config, rng):
+  size = config.data.crop_size
+  return {"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32)
+
+
+def _state(config, model, variables):
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           hem_bases=variables.get(BASES, {}), tx=make_optimizer(config))
+
+
 def create_train_state(config, model, rng, *, load_backbone=True):
   """A fresh state; with config.model.backbone_checkpoint (and load_backbone), the
   backbone starts from that converted ImageNet checkpoint, the heads from `rng`."""
   pretrained = None
   if load_backbone and config.model.backbone_checkpoint:
     pretrained = checkpoints.load_backbone_for(config)
-  size = config.data.crop_size
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      {"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32))
-  params, batch_stats = variables["params"], variables["batch_stats"]
+  args = _init_args(config, rng)
+  init = jax.jit(functools.partial(model.init, train=False)).lower(*args).compile(_CHEAP_COMPILE)
+  variables = dict(init(*args))
   if pretrained is not None:
-    params, batch_stats = checkpoints.replace_backbone(
-        params, batch_stats, pretrained, config.model.backbone_checkpoint)
-  return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
-                           hem_bases=variables.get(BASES, {}), tx=make_optimizer(config))
+    variables["params"], variables["batch_stats"] = checkpoints.replace_backbone(
+        variables["params"], variables["batch_stats"], pretrained, config.model.backbone_checkpoint)
+  return _state(config, model, variables)
 
 
 def abstract_train_state(config, model):
   """The state's structure, shapes and dtypes, without running the model's initialisation."""
-  return jax.eval_shape(functools.partial(create_train_state, config, model, jax.random.key(0),
-                                          load_backbone=False))
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             *_init_args(config, jax.random.key(0)))
+  return jax.eval_shape(functools.partial(_state, config, model), variables)
