@@ -61,6 +61,9 @@ def test_reseeding_is_off_in_the_paper_and_in_the_emanet_release():
   c = config_utils.apply_variant(config_utils.default_config(), "emanet")
   c.hem.reseed_cosine = 0.95
   assert config_utils.apply_variant(c, "emanet").hem.reseed_cosine is None
+  c.hem.reseed_cosine = 0.95
+  paper = config_utils.apply_variant(c, "paper")
+  assert paper.hem.reseed_cosine is None and paper.hem.eta == 1.0  # nothing else changed
   c.hem.reseed_cosine = 1.0
   with pytest.raises(ValueError, match="hem.reseed_cosine"):
     config_utils.validate(c)

@@ -123,8 +123,12 @@ def default_config():
 
 
 def apply_variant(config, variant):
-  """"hemnet" (the paper) or "emanet": the EMANet release's EM attention unit."""
+  """"hemnet": the config as written; "paper": the same without what the project adds to
+  the paper (re-seeding); "emanet": the EMANet release's EM attention unit."""
   if variant == "hemnet":
+    return config
+  if variant == "paper":
+    config.hem.reseed_cosine = None
     return config
   if variant == "emanet":
     config.hem.eta = 1.0  # plain EM
@@ -134,7 +138,7 @@ def apply_variant(config, variant):
     config.hem.backward = "autodiff"  # no gradient through the iterations anyway
     config.hem.reseed_cosine = None  # the release never re-seeds a basis
     return config
-  raise ValueError(f"config variant must be 'hemnet' or 'emanet', got {variant!r} "
+  raise ValueError(f"config variant must be 'hemnet', 'paper' or 'emanet', got {variant!r} "
                    "(as in --config configs/voc.py:emanet)")
 
 
