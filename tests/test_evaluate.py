@@ -102,7 +102,7 @@ def test_t_eval_changes_the_number_of_iterations(data_dir, run):
 
   # The command line, on the same checkpoint: T_eval = 5 runs 5 iterations.
   # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   res = subprocess.run(main_cmd(run, "--mode=eval", *tiny_flags(**RUN, **{"hem.num_iters_eval": 5})),
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr
