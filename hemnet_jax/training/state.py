@@ -44,9 +44,9 @@ def make_optimizer(config):
                      optax.sgd(learning_rate_fn(config), momentum=config.train.momentum))
 
 
-# Initialisation runs once, and its program is mostly every parameter's random initialiser,
-# which XLA:CPU's full optimisation pipeline takes 4x longer to compile than to run unoptimised.
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Initialisation runs once, and its program is mostly the parameters' random initialisers, on
+# which XLA's expensive passes cost far more compile time than they could save (BENCHMARKS.md).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _init_args(config, rng):
@@ -67,7 +67,7 @@ def create_train_state(config, model, rng, *, load_backbone=True):
   if load_backbone and config.model.backbone_checkpoint:
     pretrained = checkpoints.load_backbone_for(config)
   args = _init_args(config, rng)
-  init = jax.jit(functools.partial(model.init, train=False)).lower(*args).compile(_CHEAP_COMPILE)
+  init = jax.jit(functools.partial(model.init, train=False)).lower(*args).compile(INIT_COMPILER_OPTIONS)
   variables = dict(init(*args))
   if pretrained is not None:
     variables["params"], variables["batch_stats"] = checkpoints.replace_backbone(
