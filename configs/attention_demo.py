@@ -4,17 +4,18 @@ In `hemnet_context` (hemnet_jax/data/shapes_context.py) most objects are dotted
 discs that look alike whatever their class; only a distant key object, in its class's
 shape and colour, tells their class. The HEM head can carry that evidence across the image; the
 same head without the HEM unit (`--config.model.head=fcn`) cannot. The demo's model and
-settings (configs/demo.py: eta 0.5, T_train 3, batch 16, crop 96) for 600 of its 1500
-steps (about 10-15 min on a shared 2-core CPU):
+settings (configs/demo.py: eta 0.5, T_train 3, batch 16, crop 96, re-seeding 0.99) for 600
+steps (4-5 min on an idle 2-core CPU, 10-16 on a shared one):
 
   TFDS_DATA_DIR=/tmp/tfds python -m hemnet_jax.main --config configs/attention_demo.py \
       --workdir /tmp/attention_hem
   TFDS_DATA_DIR=/tmp/tfds python -m hemnet_jax.main --config configs/attention_demo.py \
       --workdir /tmp/attention_fcn --config.model.head=fcn
-  # `:emanet` for the EMANet unit; docs/attention_experiment.md for the table.
+  # `:emanet` for the EMANet unit, `:paper` for HEMNet without re-seeding;
+  # docs/attention_experiment.md for the table.
 
-Measured (docs/attention_experiment.md, seed 0 only): HEMNet 87.45 mIoU, `:emanet` 76.78,
-the fcn head 34.13.
+Measured (docs/attention_experiment.md, seed 0, before re-seeding was the demo's default, i.e.
+`:paper`): HEMNet 87.45 mIoU, `:emanet` 76.78, the fcn head 34.13; the seeds' means and spreads are in that file.
 """
 
 import importlib.util
