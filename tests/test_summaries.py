@@ -113,3 +113,19 @@ def test_zero_summary_images_turns_them_off_and_negative_is_refused(run):
   config.train.summary_images = -1
   with pytest.raises(ValueError, match="config.train.summary_images"):
     config_lib.validate(config)
+
+
+def test_the_summary_writer_leaves_torch_unloaded(tmp_path):
+  """tensorboardX would import torch (seconds at every start) to accept torch tensors we never
+  pass; the writer still writes, and torch stays importable afterwards."""
+  import subprocess
+  import sys
+  from helpers import ROOT
+  code = ("import pathlib, sys; from hemnet_jax.training import loop; "
+          "w = loop._summary_writer(pathlib.Path(sys.argv[1])); w.add_scalar('x', 1.5, 3); "
+          "w.close(); print('torch' in sys.modules); import torch; print(torch.ones(2).sum().item())")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["False", "2.0"]
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

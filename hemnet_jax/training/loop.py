@@ -1,6 +1,7 @@
 """The training loop: train, log, checkpoint, evaluate, resume where a run stopped."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -129,7 +130,16 @@ def _train(config, workdir, mngr, state, resumed_at, changes, model, mesh, state
 
 
 def _summary_writer(workdir):
-  from tensorboardX import SummaryWriter  # imported here: only process 0 writes
+  # tensorboardX imports torch where it is installed, only to accept torch tensors, which we
+  # never pass: seconds at every start. Hide torch from that import unless it is loaded already.
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # imported here: only process 0 writes
+  finally:
+    if hide_torch:
+      del sys.modules["torch"]
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
