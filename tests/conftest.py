@@ -16,6 +16,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Most tests compile tiny programs and run them a few times: compiling is their cost, and
+# unoptimised XLA compiles about twice as fast. The few that run a big network ask for
+# `optimised_xla`. Set here, it holds in this process and in every subprocess.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
@@ -24,6 +28,18 @@ from helpers import ROOT, main_cmd, tiny_config, tiny_flags  # noqa: E402
 from hemnet_jax.data import pipeline  # noqa: E402  (importing it registers the builders)
 
 TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
+
+
+@pytest.fixture
+def optimised_xla(monkeypatch):
+  """XLA's optimisations back on, in this process and in its subprocesses: for a test that runs
+  a big network, where unoptimised code would cost more than compiling saves."""
+  import jax  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +71,7 @@ TINY_RUN = {"train.num_steps": 2, "train.checkpoint_every": 1, "data.eval_split"
 def tiny_run(data_dir, tmp_path_factory):
   """The run's path, its config overrides (on top of helpers.TINY) and checkpoint steps."""
   path = tmp_path_factory.mktemp("tiny_run")
-  # A subprocess with unoptimised XLA: it compiles about twice as fast as in this process.
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
   res = subprocess.run(main_cmd(path, *tiny_flags(**TINY_RUN)), cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr

@@ -20,8 +20,7 @@ from hemnet_jax.models.hem_unit import ATTENTION
 
 
 def attention_cli(data_dir, workdir, out, *flags, overrides=None):
-  # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
   cmd = [sys.executable, "-m", "hemnet_jax.experiments.attention_maps", "--config=configs/demo.py",
          f"--workdir={workdir}", f"--out={out}", *flags, *tiny_flags(**(overrides or {}))]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

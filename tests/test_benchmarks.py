@@ -1,6 +1,5 @@
 """The benchmarks still run and print what scripts read (tiny shapes; no timing asserted)."""
 
-import contextlib
 import math
 import re
 import subprocess
@@ -36,7 +35,7 @@ def test_peak_prints_float32():
   assert re.search(r"float32 jnp.dot peak: [\d.]+ GFLOP/s", out), out
 
 
-def test_device_check_smoke_writes_the_three_tables_rows(tmp_path):
+def test_device_check_smoke_writes_the_three_tables_rows(tmp_path, optimised_xla):
   """benchmarks/device_check.sh --smoke: every part runs (tiny shapes) and the rows file has
   rows of BENCHMARKS.md's three tables, with numbers, in their column counts."""
   import os
@@ -103,17 +102,6 @@ def one_torch_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _quick_compile(jax):
-  """XLA without most optimisations: compiling, not running, is what takes a tiny net's time."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def _torch_batch(batch=2):
@@ -191,7 +179,7 @@ def test_torch_emanet_is_our_hemnet(one_torch_thread):
   loss = F.cross_entropy(logits, labels, ignore_index=torch_emanet.IGNORE_LABEL)
   loss.backward()
 
-  with jax.enable_x64(True), _quick_compile(jax):
+  with jax.enable_x64(True):
     model = state_lib.build_model(config).clone(dtype=jnp.float64)
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy(), jnp.float64)
@@ -265,7 +253,7 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
   y = unit(x)
   (y * w).sum().backward()
 
-  with jax.enable_x64(True), _quick_compile(jax):
+  with jax.enable_x64(True):
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
     nhwc = lambda t: jnp.asarray(arr(t.permute(0, 2, 3, 1)))
 

@@ -256,10 +256,9 @@ def test_eval_predict_and_training_continue_on_the_converted_run(fake_voc, tmp_p
   data_dir, manual_dir = fake_voc
   run = tmp_path / "run"
   assert convert_cli(save(make("release"), "release", tmp_path / "final.pth"), run).returncode == 0
-  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   data = [f"--config.data.data_dir={data_dir}", f"--config.data.manual_dir={manual_dir}"]
   main = [sys.executable, "-m", "hemnet_jax.main", f"--config={run}/config.py", f"--workdir={run}"]
-  res = subprocess.run([*main, "--mode=eval", *data], cwd=ROOT, env=env, capture_output=True,
+  res = subprocess.run([*main, "--mode=eval", *data], cwd=ROOT, capture_output=True,
                        text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   result = json.loads((run / "eval_ss_T3.json").read_text())
@@ -270,7 +269,7 @@ def test_eval_predict_and_training_continue_on_the_converted_run(fake_voc, tmp_p
   Image.fromarray(np.zeros((37, 46, 3), np.uint8)).save(image)
   res = subprocess.run([sys.executable, "-m", "hemnet_jax.tools.predict", f"--workdir={run}",
                         f"--images={image}", f"--out={tmp_path / 'pred'}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert np.asarray(Image.open(tmp_path / "pred" / "a_label.png")).shape == (37, 46)
 
@@ -278,7 +277,7 @@ def test_eval_predict_and_training_continue_on_the_converted_run(fake_voc, tmp_p
   res = subprocess.run([*main, *data, "--config.train.num_steps=1235", "--config.data.crop_size=33",
                         "--config.train.batch_size=2", "--config.data.eval_split=validation[:2]",
                         "--allow_config_change"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "Resumed from" in res.stdout and "at step 1234" in res.stdout
   assert json.loads((run / "results.json").read_text())["step"] == 1235

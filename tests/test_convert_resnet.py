@@ -46,7 +46,8 @@ def save_as_published(model, packaging, path):
 
 
 @pytest.mark.parametrize("layout,stem_width,packaging", CASES)
-def test_resnet101_matches_pytorch_at_os8_and_os16(layout, stem_width, packaging, tmp_path):
+def test_resnet101_matches_pytorch_at_os8_and_os16(layout, stem_width, packaging, tmp_path,
+                                                  optimised_xla):
   seed = [c[0] for c in CASES].index(layout)
   torch_model = torch_reference.randomize(torch_reference.ResNet(layout, stem_width=stem_width), seed)
   suffix = ".safetensors" if "safetensors" in packaging else ".pth"

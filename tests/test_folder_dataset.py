@@ -110,7 +110,7 @@ def test_each_layout_prepares_with_void_remapped_and_trains_through_main(layout,
     assert sorted(os.path.basename(i) for i in labels_of(val)) == ["im06", "im07", "im08"]
 
   flags = [f"--config.data.folder.{k}={v}".replace(" ", "") for k, v in fields.items()]
-  env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
   res = subprocess.run(
       main_cmd(tmp_path / "run", *tiny_flags(**{"train.num_steps": 2, "data.eval_batch_size": 3,
                                                 "data.num_classes": NUM_CLASSES}),

@@ -132,8 +132,7 @@ def test_e_step_to_n_step_ratio_is_measured_not_assumed():
 
 
 def test_command_line_probes_a_run(data_dir, tiny_run, tmp_path):
-  # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
   flags = tiny_flags(**tiny_run.overrides)
   cmd = ["python", "-m", "hemnet_jax.experiments.probe", "--config=configs/demo.py", f"--workdir={tiny_run.path}",
          "--etas=0.5,1.0", "--num_samples=6", f"--out={tmp_path}", *flags]

@@ -24,8 +24,7 @@ def test_two_by_two_subset_writes_table_1_and_table_2(data_dir, tmp_path, monkey
   cmd = [sys.executable, "-m", "hemnet_jax.experiments.sweep", "--config=configs/demo.py",
          f"--workdir={tmp_path}", "--t_train=1,2", "--etas=0.4,0.8", "--t_eval=3",
          *tiny_flags(**TINY_SWEEP)]
-  # Unoptimised XLA compiles the new programs of the subprocess about twice as fast.
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
   res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr
 
@@ -78,7 +77,7 @@ def test_seeds_and_no_attention_column_give_mean_and_std_per_cell(data_dir, tmp_
   cmd = [sys.executable, "-m", "hemnet_jax.experiments.sweep", "--config=configs/demo.py",
          f"--workdir={tmp_path}", "--t_train=1", "--etas=0.5", "--fcn", "--seeds=0,1",
          "--t_eval=2", *tiny_flags(**TINY_SWEEP)]
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
   res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr
 
