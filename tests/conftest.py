@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 import types
 
+import filelock
+
 # Many tests compile the same tiny programs, in this process and in subprocesses
 # (which inherit the environment): a per-session persistent compilation cache
 # saves most of that time. Set before anything imports JAX.
@@ -42,22 +44,39 @@ def optimised_xla(monkeypatch):
   jax.config.update("jax_disable_most_optimizations", before)
 
 
+def made_once(tmp_path_factory, name, make):
+  """A directory made once per test session and shared by the xdist workers: the first worker
+  to ask calls make(path) while any other waits, so no worker repeats a minute of set-up."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's directory, above each worker's own
+  path, made = root / f"shared_{name}", root / f"shared_{name}.made"
+  with filelock.FileLock(root / f"shared_{name}.lock"):
+    if not made.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      make(path)
+      made.touch()
+  return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """The built-in dataset, generated once per test session."""
-  d = tmp_path_factory.mktemp("tfds")
-  pipeline.load_split(tiny_config(d).data, "train")
-  return d
+  return made_once(tmp_path_factory, "tfds",
+                   lambda d: pipeline.load_split(tiny_config(d).data, "train"))
+
+
+def _prepare_fake_voc(data_dir):
+  builder = tfds.builder("voc_aug", data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(TESTDATA / "voc_aug")))
 
 
 @pytest.fixture(scope="session")
 def fake_voc(tmp_path_factory):
   """(data_dir, manual_dir): voc_aug prepared from the committed fake archives."""
-  data_dir = tmp_path_factory.mktemp("tfds_voc")
-  builder = tfds.builder("voc_aug", data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(TESTDATA / "voc_aug")))
-  return data_dir, TESTDATA / "voc_aug"
+  return made_once(tmp_path_factory, "tfds_voc", _prepare_fake_voc), TESTDATA / "voc_aug"
 
 
 # A 2-step tiny demo run (checkpoints at steps 1 and 2) evaluated on 4 validation images after
@@ -70,9 +89,10 @@ TINY_RUN = {"train.num_steps": 2, "train.checkpoint_every": 1, "data.eval_split"
 @pytest.fixture(scope="session")
 def tiny_run(data_dir, tmp_path_factory):
   """The run's path, its config overrides (on top of helpers.TINY) and checkpoint steps."""
-  path = tmp_path_factory.mktemp("tiny_run")
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
-  res = subprocess.run(main_cmd(path, *tiny_flags(**TINY_RUN)), cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stderr
+  def train(path):
+    env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
+    res = subprocess.run(main_cmd(path, *tiny_flags(**TINY_RUN)), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+  path = made_once(tmp_path_factory, "tiny_run", train)
   return types.SimpleNamespace(path=path, overrides=TINY_RUN, steps=[1, 2])

@@ -30,7 +30,7 @@ def test_hem_layer_prints_the_summary_line_last():
   assert [int(r.split()[0]) for r in rows] == [1, 2, 4, 8, 16]
 
 
-def test_peak_prints_float32():
+def test_peak_prints_float32(optimised_xla):
   out = _run("benchmarks.peak")
   assert re.search(r"float32 jnp.dot peak: [\d.]+ GFLOP/s", out), out
 

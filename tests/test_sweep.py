@@ -74,29 +74,30 @@ def test_voc_ablation_config_is_the_papers_ablation_setting():
 
 
 def test_seeds_and_no_attention_column_give_mean_and_std_per_cell(data_dir, tmp_path):
+  # T_train 1, eta 0.4 and T_eval 3, as in the test above: its compiled programs are reused.
   cmd = [sys.executable, "-m", "hemnet_jax.experiments.sweep", "--config=configs/demo.py",
-         f"--workdir={tmp_path}", "--t_train=1", "--etas=0.5", "--fcn", "--seeds=0,1",
-         "--t_eval=2", *tiny_flags(**TINY_SWEEP)]
+         f"--workdir={tmp_path}", "--t_train=1", "--etas=0.4", "--fcn", "--seeds=0,1",
+         "--t_eval=3", *tiny_flags(**TINY_SWEEP)]
   env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
   res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr
 
   runs = {}
-  for name in ("T1_eta0.5", "fcn"):
+  for name in ("T1_eta0.4", "fcn"):
     for seed in (0, 1):
       cell = tmp_path / f"{name}_seed{seed}"
       config = json.loads((cell / "config.json").read_text())
       assert config["seed"] == seed
       assert config["model"]["head"] == ("fcn" if name == "fcn" else "hem")
       runs[name, seed] = json.loads((cell / "results.json").read_text())["miou"]
-  assert not (tmp_path / "T1_eta0.5").exists()  # several seeds: only suffixed cells
+  assert not (tmp_path / "T1_eta0.4").exists()  # several seeds: only suffixed cells
   # Different seeds train different models (else the std would say nothing).
-  assert runs["T1_eta0.5", 0] != runs["T1_eta0.5", 1]
+  assert runs["T1_eta0.4", 0] != runs["T1_eta0.4", 1]
 
   rows = list(csv.reader(open(tmp_path / "table1.csv")))
-  assert rows[0] == ["T_train", "0.5 mean", "0.5 std", "0.5 seed0", "0.5 seed1", "no attention mean",
+  assert rows[0] == ["T_train", "0.4 mean", "0.4 std", "0.4 seed0", "0.4 seed1", "no attention mean",
                      "no attention std", "no attention seed0", "no attention seed1"]
-  for name, values in (("T1_eta0.5", rows[1][1:5]), ("fcn", rows[1][5:9])):
+  for name, values in (("T1_eta0.4", rows[1][1:5]), ("fcn", rows[1][5:9])):
     per_seed = [runs[name, 0], runs[name, 1]]
     expected = [np.mean(per_seed), np.std(per_seed, ddof=1), *per_seed]
     assert values == [f"{100 * v:.2f}" for v in expected]
@@ -104,10 +105,10 @@ def test_seeds_and_no_attention_column_give_mean_and_std_per_cell(data_dir, tmp_
   m, sd = np.mean([runs["fcn", 0], runs["fcn", 1]]), np.std([runs["fcn", 0], runs["fcn", 1]], ddof=1)
   assert f"{100 * m:.2f} ± {100 * sd:.2f} ({100 * runs['fcn', 0]:.2f}, {100 * runs['fcn', 1]:.2f})" in md
 
-  # Table 2: every seed of the eta 0.5 cell at T_eval 2; no fcn column (T does not apply).
+  # Table 2: every seed of the eta 0.4 cell at T_eval 3; no fcn column (T does not apply).
   rows2 = list(csv.reader(open(tmp_path / "table2.csv")))
-  assert rows2[0] == ["T_eval", "0.5 mean", "0.5 std", "0.5 seed0", "0.5 seed1"]
-  t2 = [json.loads((tmp_path / f"T1_eta0.5_seed{s}" / "eval_ss_T2.json").read_text())["miou"]
+  assert rows2[0] == ["T_eval", "0.4 mean", "0.4 std", "0.4 seed0", "0.4 seed1"]
+  t2 = [json.loads((tmp_path / f"T1_eta0.4_seed{s}" / "eval_ss_T3.json").read_text())["miou"]
         for s in (0, 1)]
   assert rows2[1][3:] == [f"{100 * v:.2f}" for v in t2]
 
