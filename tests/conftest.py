@@ -5,6 +5,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import types
 
@@ -22,6 +23,19 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # unoptimised XLA compiles about twice as fast. The few that run a big network ask for
 # `optimised_xla`. Set here, it holds in this process and in every subprocess.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# XLA:CPU's classic fusion emitters compile these programs markedly faster than its newer
+# ones (BENCHMARKS.md, "The test suite"). An XLA that no longer knows the flag would
+# abort at start-up, so it is added only where a probe process accepts it; the xdist workers
+# inherit the controller's environment and skip the probe.
+_CLASSIC_FUSION = "--xla_cpu_use_fusion_emitters=false"
+if os.environ.get("HEMNET_TEST_XLA_PROBED") is None:
+  os.environ["HEMNET_TEST_XLA_PROBED"] = "1"
+  _flags = f"{os.environ.get('XLA_FLAGS', '')} {_CLASSIC_FUSION}".strip()
+  _probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
+                          env={**os.environ, "XLA_FLAGS": _flags, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, timeout=300)
+  if _probe.returncode == 0:
+    os.environ["XLA_FLAGS"] = _flags
 
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402

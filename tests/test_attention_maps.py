@@ -37,10 +37,12 @@ def expected(config, workdir, image_index, num_iters):
   split = pipeline.load_split(config.data, config.data.eval_split)
   example = split.source[image_index]
   image = jnp.asarray(pipeline.eval_transform(example, multiple=8)["image"])[None]
-  x, mu0 = hemnet.hem_inputs(model, state.variables(), image)
+  # Jitted: run op by op, the model would compile each of its operations on its own.
+  x, mu0 = jax.jit(lambda v, im: hemnet.hem_inputs(model, v, im))(state.variables(), image)
   out = hem.hem_iterations(x, mu0, num_iters=num_iters, eta=config.hem.eta,
                            temperature=math.sqrt(config.model.head_channels))
-  _, sown = model.apply(state.variables(), image, train=False, mutable=[ATTENTION])
+  _, sown = jax.jit(lambda v, im: model.apply(v, im, train=False, mutable=[ATTENTION]))(
+      state.variables(), image)
   h, w = np.asarray(example["label"]).shape
   fh, fw = image.shape[1] // 8, image.shape[2] // 8  # padded; the image covers ceil(h / 8) rows
   as_map = lambda a: np.asarray(a).reshape(a.shape[:-2] + (fh, fw, a.shape[-1]))[

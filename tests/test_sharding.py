@@ -59,7 +59,8 @@ print("RESULT " + json.dumps(result))
 
 
 def env_with_devices(n, data_dir=None):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+  env = {**os.environ, "XLA_FLAGS": flags,
          "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
   if data_dir is not None:
     env["TFDS_DATA_DIR"] = str(data_dir)

@@ -82,7 +82,8 @@ def test_eval_batch_of_one_image_runs_on_two_devices(fake_voc, tmp_path):
           f"s = loop.train_and_evaluate(tiny_voc({str(fake_voc[0])!r}, {str(fake_voc[1])!r}, "
           "**{'train.num_steps': 1, 'train.batch_size': 2}), "
           f"{str(tmp_path)!r}); print('MIOU', s['miou'])")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                                    "--xla_force_host_platform_device_count=2"}
   res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
