@@ -20,11 +20,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Most tests compile tiny programs and run them a few times: compiling is their cost, and
-# unoptimised XLA compiles about twice as fast. The few that run a big network ask for
-# `optimised_xla`. Set here, it holds in this process and in every subprocess.
+# unoptimised XLA compiles faster (BENCHMARKS.md, "The test suite"). The few that run a big
+# network ask for `optimised_xla`. Set here, it holds in this process and every subprocess.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-# XLA:CPU's classic fusion emitters compile these programs markedly faster than its newer
-# ones (BENCHMARKS.md, "The test suite"). An XLA that no longer knows the flag would
+# XLA:CPU's classic fusion emitters compile them faster still than its newer ones (same
+# section). An XLA that no longer knows the flag would
 # abort at start-up, so it is added only where a probe process accepts it; the xdist workers
 # inherit the controller's environment and skip the probe.
 _CLASSIC_FUSION = "--xla_cpu_use_fusion_emitters=false"
