@@ -24,9 +24,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # network ask for `optimised_xla`. Set here, it holds in this process and every subprocess.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # XLA:CPU's classic fusion emitters compile them faster still than its newer ones (same
-# section). An XLA that no longer knows the flag would
-# abort at start-up, so it is added only where a probe process accepts it; the xdist workers
-# inherit the controller's environment and skip the probe.
+# section). An XLA that no longer knows the flag would abort at start-up, so it is added only
+# where a probe process accepts it; the xdist workers inherit the controller's environment.
 _CLASSIC_FUSION = "--xla_cpu_use_fusion_emitters=false"
 if os.environ.get("HEMNET_TEST_XLA_PROBED") is None:
   os.environ["HEMNET_TEST_XLA_PROBED"] = "1"
