@@ -50,7 +50,9 @@ def measure(env):
   base = {k: v for k, v in os.environ.items()
           if k not in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS")}
   proc = subprocess.run([sys.executable, "-c", _CHILD], env={**base, **env}, capture_output=True,
-                        text=True, timeout=900, check=True)
+                        text=True, timeout=900)
+  if proc.returncode != 0:
+    raise SystemExit(f"error: the measuring process failed under {env}:\n{proc.stderr[-2000:]}")
   return json.loads(proc.stdout.split("RESULT ")[1])
 
 

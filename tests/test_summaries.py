@@ -1,12 +1,14 @@
 """Image summaries: a tiny run's TensorBoard event file holds the validation images' pictures."""
 
+import subprocess
+import sys
 import types
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import event_images, tiny_config
+from helpers import ROOT, event_images, tiny_config
 
 from hemnet_jax.data import pipeline
 from hemnet_jax.training import config as config_lib, images, state as state_lib
@@ -118,9 +120,6 @@ def test_zero_summary_images_turns_them_off_and_negative_is_refused(run):
 def test_the_summary_writer_leaves_torch_unloaded(tmp_path):
   """tensorboardX would import torch (seconds at every start) to accept torch tensors we never
   pass; the writer still writes, and torch stays importable afterwards."""
-  import subprocess
-  import sys
-  from helpers import ROOT
   code = ("import pathlib, sys; from hemnet_jax.training import loop; "
           "w = loop._summary_writer(pathlib.Path(sys.argv[1])); w.add_scalar('x', 1.5, 3); "
           "w.close(); print('torch' in sys.modules); import torch; print(torch.ones(2).sum().item())")

@@ -74,7 +74,7 @@ def test_voc_ablation_config_is_the_papers_ablation_setting():
 
 
 def test_seeds_and_no_attention_column_give_mean_and_std_per_cell(data_dir, tmp_path):
-  # T_train 1, eta 0.4 and T_eval 3, as in the test above: its compiled programs are reused.
+  # T_train 1, eta 0.4 and T_eval 3, as in the test above: seed 0's HEM cell reuses its programs.
   cmd = [sys.executable, "-m", "hemnet_jax.experiments.sweep", "--config=configs/demo.py",
          f"--workdir={tmp_path}", "--t_train=1", "--etas=0.4", "--fcn", "--seeds=0,1",
          "--t_eval=3", *tiny_flags(**TINY_SWEEP)]
