@@ -1,6 +1,7 @@
 """The convolutions written as GEMMs against XLA's convolution, values and gradients."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hemnet_jax.models import layers
+from hemnet_jax.models import layers, resnet
 
 
 def _xla_conv(x, w, stride, dilation, pad):
@@ -70,3 +71,38 @@ def test_bfloat16_stays_bfloat16():
   f = functools.partial(layers.conv_as_gemm, strides=(1, 1), dilation=(1, 1), padding=((1, 1), (1, 1)))
   y, vjp = jax.vjp(f, x, w)
   assert y.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in vjp(y))
+
+
+def _largest_fused_chain(compiled_text):
+  """The most `maximum` ops (ReLUs) in any one fused computation of a compiled program."""
+  bodies = re.findall(r"\n%[\w.\-]+ [^\n]*\{\n(.*?)\n\}\n", compiled_text, re.DOTALL)
+  return max(body.count(" maximum(") for body in bodies)
+
+
+def test_materialize_is_exact_in_values_and_gradients():
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jax.random.normal(jax.random.key(0), (3, 4, 5), dtype)
+    y, vjp = jax.vjp(layers.materialize, x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(x, np.float32))
+    np.testing.assert_array_equal(np.asarray(vjp(x)[0], np.float32), np.asarray(x, np.float32))
+  # An inf or NaN where the 1 is read from leaves every other value as it was.
+  x = jnp.array([jnp.inf, 2.0, -3.0])
+  np.testing.assert_array_equal(layers.materialize(x), x)
+  assert np.isnan(layers.materialize(jnp.array([jnp.nan, 2.0])))[0]
+
+
+def test_the_residual_stream_is_not_recomputed_block_after_block():
+  """A stage of 6 blocks, forward and backward: each block's output is computed once, not
+  again inside every later block's epilogue (XLA:CPU's fusion did that; layers.materialize)."""
+  net = resnet.ResNet(stage_sizes=(1, 1, 6, 1), width=4, stem_width=8)
+  x = jnp.ones((1, 33, 33, 3))
+  variables = net.init(jax.random.key(0), x)
+
+  def loss(params):
+    features, _ = net.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+    return sum(jnp.sum(f) for f in features)
+
+  compiled = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+  assert _largest_fused_chain(compiled) <= 2

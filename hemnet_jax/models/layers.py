@@ -161,6 +161,26 @@ def gemm_convolutions():
   return jax.default_backend() == "cpu"
 
 
+def materialize(x):
+  """x, computed once into a buffer, where XLA:CPU would recompute it inside each consumer.
+
+  XLA:CPU fuses a cheap elementwise producer into every consumer that reads it, copying
+  it where it has several. In a ResNet the residual stream y_k = relu(bn(conv(y_k-1)) +
+  y_k-1) is elementwise from block to block, so each block's epilogue, forward and
+  backward, recomputed every earlier block's of its stage (23 deep in ResNet-101's
+  stage 3: quadratic in depth; BENCHMARKS.md has the before/after). XLA strips
+  `lax.optimization_barrier` before fusing, but it never copies a division, which it
+  counts as expensive: so x / 1, with a 1 it cannot fold (v * 0 + 1 is not folded for
+  floats, as inf * 0 is NaN; the select keeps it 1 when v is inf or NaN). Exact in
+  every dtype. Accelerators fuse with a cost model and get x unchanged.
+  """
+  if jax.default_backend() != "cpu":
+    return x
+  v = lax.stop_gradient(x.reshape(-1)[0])
+  one = jnp.where(jnp.isfinite(v), v * 0 + 1, jnp.ones_like(v))
+  return x / one
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, row_major_weight_grad=False, lhs_t=None, **kwargs):

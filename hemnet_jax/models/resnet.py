@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hemnet_jax.models.layers import conv_general_dilated
+from hemnet_jax.models.layers import conv_general_dilated, materialize
 
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -45,7 +45,7 @@ class Bottleneck(nn.Module):
     if x.shape[-1] != 4 * self.planes or self.stride != 1:
       x = conv(4 * self.planes, 1, self.stride, name="downsample_conv", dtype=self.dtype)(x)
       x = self.norm(name="downsample_bn")(x)
-    return nn.relu(out + x)
+    return materialize(nn.relu(out + x))  # one buffer per block (layers.materialize)
 
 
 def stage_layout(output_stride, multi_grid=(1, 2, 4)):
