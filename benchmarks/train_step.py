@@ -3,6 +3,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step                     # CPU: crop 129, batch 2, float32, vs PyTorch
   python -m benchmarks.train_step --isa avx2          # both frameworks capped to AVX2
   python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's (accelerator)
+  python -m benchmarks.train_step --ablation --modes hemnet   # each CPU choice undone in turn
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
 (C 512, K 64, T 3), SGD with momentum, on random images and labels (no dataset needed).
@@ -49,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from hemnet_jax.models import layers
+from hemnet_jax.models import layers, resnet
 from hemnet_jax.training import sharding, state as state_lib, steps
 
 import configs.voc as voc
@@ -126,6 +127,25 @@ def step_call(bench):
   return call
 
 
+# The CPU's implementation choices, each undone in turn by --ablation (as before the change).
+ABLATIONS = {
+    "XLA's 3x3 convolutions (not im2col GEMMs)":
+        lambda: mock.patch.object(layers, "gemm_convolutions", lambda: False),
+    "residual stream recomputed (no layers.materialize)":
+        lambda: mock.patch.object(resnet, "materialize", lambda x: x),
+}
+
+
+def ablation(args, config):
+  """{name: median seconds} of our step as it is and with each ABLATIONS entry undone,
+  interleaved in one process (each variant compiled with its own trace)."""
+  calls = {"as it is": step_call(compile_step(config))}
+  for name, patch in ABLATIONS.items():
+    with patch():
+      calls[name] = step_call(compile_step(config))
+  return common.interleaved(calls, reps=1, rounds=args.steps)
+
+
 def torch_comparison(args, mode, jax_call):
   """{name: median seconds} of ours and PyTorch's steps in `mode`, interleaved."""
   from benchmarks import torch_emanet  # imports torch: after _cap_isa
@@ -153,8 +173,10 @@ def main():
   parser.add_argument("--no_donate", action="store_true", help="do not donate the state")
   parser.add_argument("--log_elbo", action="store_true", help="also compute the per-iteration ELBO")
   parser.add_argument("--profile", action="store_true", help="name the top costs")
+  parser.add_argument("--ablation", action="store_true",
+                      help="ours alone, as it is and with each CPU choice undone, interleaved")
   args = parser.parse_args()
-  with_torch = not (args.no_torch or accel)
+  with_torch = not (args.no_torch or accel or args.ablation)
 
   print(common.banner())
   print(f"isa: {args.isa} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
@@ -174,6 +196,11 @@ def main():
           f"{config.model.head_channels} K {config.hem.num_bases} T {config.hem.num_iters} eta "
           f"{config.hem.eta}, aux head {config.model.aux_weight > 0}, crop {args.crop}, global "
           f"batch {args.batch}, {args.dtype}, donate {not args.no_donate}", flush=True)
+    if args.ablation:
+      times = ablation(args, config)
+      for name, t in times.items():
+        print(f"  {name}: {t * 1e3:.1f} ms ({t / times['as it is']:.2f}x the time as it is)")
+      continue
     bench = compile_step(config, donate=not args.no_donate)
     call, flops = step_call(bench), bench["flops"]
     print(f"  compile: {bench['compile_s']:.1f} s; XLA cost analysis: {flops / 1e9:.1f} GFLOP "
@@ -202,6 +229,8 @@ def main():
         print(f"    {share:6.1%} {ms:9.1f} ms  {name}")
     del bench, call
 
+  if args.ablation:
+    return
   r = results.get("hemnet") or next(iter(results.values()))
   for mode, m in results.items():  # one line per mode, then the summary (HEMNet mode)
     if "torch_eager" in m:

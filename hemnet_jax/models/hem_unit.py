@@ -12,7 +12,6 @@ from hemnet_jax import hem
 from hemnet_jax.hem import diagnostics as hem_diagnostics
 from hemnet_jax.hem import vjp as hem_vjp
 from hemnet_jax.models import layers
-from hemnet_jax.models.batch_norm import BatchNorm
 
 # The collection that holds mu0. It is not "params": the optimizer never sees it;
 # training moves it by a moving average instead (EMANet's mechanism).
@@ -158,6 +157,6 @@ class HEMUnit(nn.Module):
     y_t = jax.lax.stop_gradient(nn.relu(jnp.einsum("bkc,bnk->bcn", hem.em._batched(mu, b), gamma)))
     y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="conv_out",
                 conv_general_dilated=conv_out_fn(y_t.astype(self.dtype)))(y)
-    y = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                  dtype=self.dtype, name="bn_out")(y)
+    y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
+                     dtype=self.dtype, name="bn_out")(y)
     return nn.relu(y + idn)

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemnet_jax.models.batch_norm import BatchNorm
 from hemnet_jax.models.hem_unit import BASES, CONV_IN, MU0, HEMUnit
 from hemnet_jax.models.layers import conv_general_dilated
 from hemnet_jax.models.resnet import ResNet, conv
@@ -56,7 +55,7 @@ class HEMNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype)
     # Dropout2d as in EMANet: whole channels are dropped.
     drop = functools.partial(nn.Dropout, self.dropout, broadcast_dims=(1, 2),

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hemnet_jax.models.batch_norm import BatchNorm
 from hemnet_jax.models.layers import conv_general_dilated, materialize
 
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -33,7 +32,7 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int = 1
   dilation: int = 1
-  norm: Any = BatchNorm
+  norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -84,7 +83,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype)
     if self.stem == "deep":
       w = self.stem_width
