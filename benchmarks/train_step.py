@@ -4,6 +4,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step --isa avx2          # both frameworks capped to AVX2
   python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's (accelerator)
   python -m benchmarks.train_step --ablation --modes hemnet   # each CPU choice undone in turn
+  python -m benchmarks.train_step --ablation --config configs/demo.py   # the same, the demo's model
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
 (C 512, K 64, T 3), SGD with momentum, on random images and labels (no dataset needed).
@@ -38,6 +39,7 @@ def _cap_isa(argv):
 _cap_isa(sys.argv[1:])
 
 import argparse
+import importlib.util
 import time
 from unittest import mock
 
@@ -56,11 +58,12 @@ from hemnet_jax.training import sharding, state as state_lib, steps
 import configs.voc as voc
 
 
-def paper_config(crop, batch, dtype, log_elbo=False, variant="hemnet"):
-  """configs/voc.py (`variant`: hemnet or emanet) at this crop, global batch and compute dtype."""
-  config = voc.get_config(variant)
-  config.data.crop_size = crop
-  config.train.batch_size = batch
+def paper_config(crop, batch, dtype, log_elbo=False, variant="hemnet", module=voc):
+  """configs/voc.py (`variant`: hemnet or emanet; or another config `module`) at this crop,
+  global batch and compute dtype (None: the config's own)."""
+  config = module.get_config(variant)
+  config.data.crop_size = crop or config.data.crop_size
+  config.train.batch_size = batch or config.train.batch_size
   config.train.dtype = dtype
   config.train.log_elbo = log_elbo
   return config
@@ -133,6 +136,8 @@ ABLATIONS = {
         lambda: mock.patch.object(layers, "gemm_convolutions", lambda: False),
     "residual stream recomputed (no layers.materialize)":
         lambda: mock.patch.object(resnet, "materialize", lambda x: x),
+    "narrowing 3x3 convolutions' d_x by col2im (not the flipped kernel's GEMM)":
+        lambda: mock.patch.object(layers, "_flipped_padding", lambda *a: None),
 }
 
 
@@ -175,8 +180,17 @@ def main():
   parser.add_argument("--profile", action="store_true", help="name the top costs")
   parser.add_argument("--ablation", action="store_true",
                       help="ours alone, as it is and with each CPU choice undone, interleaved")
+  parser.add_argument("--config", default=None,
+                      help="another config file (ours alone; --crop and --batch default to its own)")
   args = parser.parse_args()
-  with_torch = not (args.no_torch or accel or args.ablation)
+  module = voc
+  if args.config:
+    spec = importlib.util.spec_from_file_location("bench_config", args.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args.crop = None if "--crop" not in sys.argv else args.crop
+    args.batch = None if "--batch" not in sys.argv else args.batch
+  with_torch = not (args.no_torch or accel or args.ablation or args.config)
 
   print(common.banner())
   print(f"isa: {args.isa} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
@@ -189,10 +203,11 @@ def main():
   peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
   results = {}
   for mode in args.modes.split(","):
-    config = paper_config(args.crop, args.batch, args.dtype, args.log_elbo, mode)
+    config = paper_config(args.crop, args.batch, args.dtype, args.log_elbo, mode, module)
+    args.crop, args.batch = config.data.crop_size, config.train.batch_size
     if with_torch:
       config.model.aux_weight = 0.0  # the release's network has no auxiliary head
-    print(f"\n== {mode}: ResNet-101 OS {config.model.output_stride}, HEM C "
+    print(f"\n== {mode}: {args.config or 'configs/voc.py'} OS {config.model.output_stride}, HEM C "
           f"{config.model.head_channels} K {config.hem.num_bases} T {config.hem.num_iters} eta "
           f"{config.hem.eta}, aux head {config.model.aux_weight > 0}, crop {args.crop}, global "
           f"batch {args.batch}, {args.dtype}, donate {not args.no_donate}", flush=True)

@@ -37,6 +37,9 @@ def get_config(variant="hemnet"):
   config.data.crop_size = 96
   config.data.scale_range = (0.5, 2.0)  # EMANet's; objects in photographs vary in size
   config.data.eval_batch_size = 1  # whole images of any size
+  config.train.batch_size = 16
+  config.train.lr = 0.06
+  config.train.checkpoint_every = 200
   config.train.num_steps = 600
   config.train.eval_every = 300
   return config
