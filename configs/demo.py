@@ -46,6 +46,6 @@ def get_config(variant="hemnet"):
   config.train.num_steps = 4000
   config.train.lr = 0.06
   config.train.log_every = 200
-  config.train.eval_every = 1000
+  config.train.eval_every = 2000  # halfway and at the end
   config.train.checkpoint_every = 1000
   return config_lib.apply_variant(config, variant)
