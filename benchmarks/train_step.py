@@ -136,8 +136,6 @@ ABLATIONS = {
         lambda: mock.patch.object(layers, "gemm_convolutions", lambda: False),
     "residual stream recomputed (no layers.materialize)":
         lambda: mock.patch.object(resnet, "materialize", lambda x: x),
-    "narrowing 3x3 convolutions' d_x by col2im (not the flipped kernel's GEMM)":
-        lambda: mock.patch.object(layers, "_flipped_padding", lambda *a: None),
 }
 
 

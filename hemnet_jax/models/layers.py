@@ -120,26 +120,10 @@ def conv_as_gemm(x, w, strides, dilation, padding):
   below its GEMM; written as im2col + GEMM, the forward and both gradients are GEMMs
   (BENCHMARKS.md). padding: ((top, bottom), (left, right)).
   """
-  return _im2col_gemm(x, w, strides, dilation, padding)
-
-
-def _im2col_gemm(x, w, strides, dilation, padding):
   kh, kw, c_in, c_out = w.shape
   cols, (ho, wo) = _im2col(x, (kh, kw), strides, dilation, padding)
   y = jnp.dot(cols, w.reshape(kh * kw * c_in, c_out))
   return y.reshape(x.shape[0], ho, wo, c_out)
-
-
-def _flipped_padding(kernel, dilation, padding):
-  """The padding under which d_x = d_y convolved with the flipped kernel (stride 1), or
-  None where the forward padding exceeds the window (a negative padding)."""
-  pads = []
-  for k, d, (lo, hi) in zip(kernel, dilation, padding):
-    extent = d * (k - 1)
-    if not (0 <= lo <= extent and 0 <= hi <= extent):
-      return None
-    pads.append((extent - lo, extent - hi))
-  return tuple(pads)
 
 
 def _conv_as_gemm_fwd(x, w, strides, dilation, padding):
@@ -154,13 +138,6 @@ def _conv_as_gemm_bwd(strides, dilation, padding, saved, d_y):
   cols, _ = _im2col(x, (kh, kw), strides, dilation, padding)
   d_y2 = d_y.reshape(-1, c_out)
   d_w = jnp.dot(cols.T, d_y2).reshape(w.shape).astype(w.dtype)
-  flipped = _flipped_padding((kh, kw), dilation, padding) if strides == (1, 1) else None
-  if flipped is not None and c_out < c_in:
-    # d_x is d_y convolved with the kernel flipped in space and transposed in channels: its
-    # windows hold kh * kw * c_out values per pixel where col2im's hold kh * kw * c_in (the
-    # heads' 3x3 convolutions narrow 4x), the same GEMM FLOPs on a quarter of the memory.
-    w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3).astype(d_y.dtype)
-    return _im2col_gemm(d_y, w_t, strides, dilation, flipped).astype(x.dtype), d_w
   d_cols = jnp.dot(d_y2, w.reshape(-1, c_out).T.astype(d_y2.dtype))
   d_x = _col2im(d_cols.reshape(*d_y.shape[:3], -1), x.shape, (kh, kw), strides, dilation, padding)
   return d_x.astype(x.dtype), d_w
