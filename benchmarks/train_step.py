@@ -164,8 +164,11 @@ def torch_comparison(args, mode, jax_call):
 def main():
   accel = jax.devices()[0].platform != "cpu"
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--crop", type=int, default=513 if accel else 129)
-  parser.add_argument("--batch", type=int, default=16 if accel else 2, help="global batch")
+  parser.add_argument("--crop", type=int, default=None,
+                      help="default: 513 on an accelerator, 129 on a CPU; with --config, its own")
+  parser.add_argument("--batch", type=int, default=None,
+                      help="global batch (default: 16 on an accelerator, 2 on a CPU; with --config, "
+                           "its own)")
   parser.add_argument("--dtype", default="bfloat16" if accel else "float32")
   parser.add_argument("--steps", type=int, default=10 if accel else 5, help="timed rounds")
   parser.add_argument("--modes", default="hemnet,emanet", help="configs/voc.py variants")
@@ -183,11 +186,14 @@ def main():
   args = parser.parse_args()
   module = voc
   if args.config:
+    if not os.path.isfile(args.config):
+      parser.error(f"--config {args.config}: no such file")
     spec = importlib.util.spec_from_file_location("bench_config", args.config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    args.crop = None if "--crop" not in sys.argv else args.crop
-    args.batch = None if "--batch" not in sys.argv else args.batch
+  else:
+    args.crop = args.crop or (513 if accel else 129)
+    args.batch = args.batch or (16 if accel else 2)
   with_torch = not (args.no_torch or accel or args.ablation or args.config)
 
   print(common.banner())
@@ -202,13 +208,13 @@ def main():
   results = {}
   for mode in args.modes.split(","):
     config = paper_config(args.crop, args.batch, args.dtype, args.log_elbo, mode, module)
-    args.crop, args.batch = config.data.crop_size, config.train.batch_size
     if with_torch:
       config.model.aux_weight = 0.0  # the release's network has no auxiliary head
     print(f"\n== {mode}: {args.config or 'configs/voc.py'} OS {config.model.output_stride}, HEM C "
           f"{config.model.head_channels} K {config.hem.num_bases} T {config.hem.num_iters} eta "
-          f"{config.hem.eta}, aux head {config.model.aux_weight > 0}, crop {args.crop}, global "
-          f"batch {args.batch}, {args.dtype}, donate {not args.no_donate}", flush=True)
+          f"{config.hem.eta}, aux head {config.model.aux_weight > 0}, crop {config.data.crop_size}, "
+          f"global batch {config.train.batch_size}, {args.dtype}, donate {not args.no_donate}",
+          flush=True)
     if args.ablation:
       times = ablation(args, config)
       for name, t in times.items():
@@ -228,9 +234,10 @@ def main():
     times = (torch_comparison(args, mode, call) if with_torch
              else common.interleaved({"jax": call}, reps=1, rounds=args.steps))
     step_s = times["jax"]
-    results[mode] = dict(times, mfu=flops / step_s / peak)
+    results[mode] = dict(times, mfu=flops / step_s / peak,
+                         images_per_s=config.train.batch_size / step_s)
     print(f"  {jnp.dtype(peak_dtype).name} jnp.dot peak: {common.gflops(peak)} (at {n}^3)")
-    print(f"  ours: {step_s * 1e3:.1f} ms ({args.batch / step_s:.2f} images/s, "
+    print(f"  ours: {step_s * 1e3:.1f} ms ({config.train.batch_size / step_s:.2f} images/s, "
           f"{common.gflops(flops / step_s)}, MFU {flops / step_s / peak:.1%} of the peak)")
     for name in ("torch_eager", "torch_compile"):
       if name in times:
@@ -255,7 +262,7 @@ def main():
           + (f"{r['torch_compile'] / r['jax']:.2f}" if "torch_compile" in r else "n/a")
           + f" mfu={r['mfu']:.3f}")
   else:
-    print(f"summary: images_per_s={args.batch / r['jax']:.2f} mfu={r['mfu']:.3f}")
+    print(f"summary: images_per_s={r['images_per_s']:.2f} mfu={r['mfu']:.3f}")
 
 
 if __name__ == "__main__":
