@@ -136,6 +136,8 @@ ABLATIONS = {
         lambda: mock.patch.object(layers, "gemm_convolutions", lambda: False),
     "residual stream recomputed (no layers.materialize)":
         lambda: mock.patch.object(resnet, "materialize", lambda x: x),
+    "1x1 weight gradients as XLA lays them out (not row-major GEMMs)":
+        lambda: mock.patch.object(layers, "row_major_weight_grads", lambda: False),
 }
 
 

@@ -140,7 +140,7 @@ def test_remat_unit_matches_and_recomputes():
                                                     (1, 2, ((0, 0), (0, 0))), (3, 1, ((1, 1), (1, 1))),
                                                     (3, 2, ((1, 1), (1, 1)))])
 @pytest.mark.parametrize("row_major_weight_grad,given_transpose",
-                         [(False, False), (True, False), (True, True)])
+                         [(False, False), (None, False), (True, False), (True, True)])
 def test_conv_as_matmul_equals_xla_convolution(kernel, stride, padding, row_major_weight_grad,
                                                given_transpose):
   x = jax.random.normal(jax.random.key(0), (2, 9, 11, 5))

@@ -1,5 +1,6 @@
 """The convolutions written as GEMMs against XLA's convolution, values and gradients; the
-residual stream computed once (layers.materialize)."""
+1x1 weight gradients as row-major GEMMs; the residual stream computed once
+(layers.materialize)."""
 
 import functools
 import re
@@ -106,3 +107,41 @@ def test_the_residual_stream_is_not_recomputed_block_after_block():
 
   compiled = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
   assert _largest_fused_chain(compiled) <= 2
+
+
+def _pixel_contracting_dots(compiled_text, layers_named):
+  """Dots of a compiled program, made by the named layers, that contract their left
+  operand's major (pixel) axis: XLA:CPU's transposed-operand GEMM, which it runs outside
+  its fast GEMM fusions."""
+  return re.findall(r"= \S+ dot\([^\n]*lhs_contracting_dims=\{0\}[^\n]*op_name=\"[^\"]*/(?:"
+                    + "|".join(layers_named) + ")/", compiled_text)
+
+
+def test_1x1_weight_gradients_are_row_major_gemms_on_the_cpu(monkeypatch):
+  """A bottleneck block's 1x1 convs (layers.pointwise by default on the CPU): their weight
+  gradients contract an explicit x^T, not the pixel axis of x and dy as XLA lays it out."""
+  block = resnet.Bottleneck(planes=8, norm=functools.partial(nn.BatchNorm, use_running_average=False))
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 32))  # 32 = 4 * 8: no downsample
+  variables = block.init(jax.random.key(1), x)
+
+  def compiled_grad():
+    def loss(params):
+      y, _ = block.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+      return jnp.sum(y ** 2)
+    return jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+
+  assert layers.row_major_weight_grads() == (jax.default_backend() == "cpu")
+  assert not _pixel_contracting_dots(compiled_grad(), ("conv1", "conv3", "downsample_conv"))
+  monkeypatch.setattr(layers, "row_major_weight_grads", lambda: False)  # as XLA lays it out
+  assert len(_pixel_contracting_dots(compiled_grad(), ("conv1", "conv3"))) == 2
+
+
+def test_1x1_convs_keep_the_einsum_on_accelerators(monkeypatch):
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  x = jnp.ones((1, 5, 5, 2))
+  conv = nn.Conv(3, (1, 1), conv_general_dilated=layers.conv_general_dilated)
+  v = conv.init(jax.random.key(0), x)
+  assert "pointwise" not in str(jax.make_jaxpr(conv.apply)(v, x))
+  forced = functools.partial(layers.conv_general_dilated, row_major_weight_grad=True)
+  conv = nn.Conv(3, (1, 1), conv_general_dilated=forced)
+  assert "pointwise" in str(jax.make_jaxpr(conv.apply)(v, x))

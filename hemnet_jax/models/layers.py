@@ -22,9 +22,10 @@ def _pointwise_bwd(saved, d_y):
   x2, d_y2 = x.reshape(-1, x.shape[-1]), d_y.reshape(-1, d_y.shape[-1])
   # d w = x^T d_y contracts the long pixel axis of both. Left to itself, XLA:CPU runs
   # that as a transposed-operand dot outside its fast GEMM fusions, concurrently with
-  # them; an explicit, materialised x^T (the barrier keeps XLA from folding it back)
-  # makes it a plain row-major GEMM. Measured both ways (BENCHMARKS.md): faster in the
-  # HEM unit, slower in ResNet-101's train step, so only the HEM unit asks for it.
+  # them, and writes d_y transposed from inside the fusion that makes it (strided, slow);
+  # an explicit, materialised x^T (the barrier keeps XLA from folding it back) makes it a
+  # plain row-major GEMM. Faster in the HEM unit and in ResNet-101's train step
+  # (BENCHMARKS.md).
   x_t = lax.optimization_barrier(x2.T)
   d_w = jnp.dot(x_t, d_y2).astype(w.dtype)
   d_x = jnp.dot(d_y2, w.T.astype(d_y2.dtype)).reshape(x.shape).astype(x.dtype)
@@ -161,6 +162,13 @@ def gemm_convolutions():
   return jax.default_backend() == "cpu"
 
 
+def row_major_weight_grads():
+  """Whether 1x1 convolutions form their weight gradient as a row-major GEMM
+  (`pointwise`) unless told: on the CPU, where that is faster; accelerators keep the
+  einsum, whose layout their compilers choose."""
+  return jax.default_backend() == "cpu"
+
+
 def materialize(x):
   """x, computed once into a buffer, where XLA:CPU would recompute it inside each consumer.
 
@@ -185,7 +193,7 @@ def materialize(x):
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, row_major_weight_grad=False, lhs_t=None, **kwargs):
+                         precision=None, row_major_weight_grad=None, lhs_t=None, **kwargs):
   """`lax.conv_general_dilated` for Flax's channels-last nn.Conv, as GEMMs where that is faster.
 
   A 1x1 convolution is a matmul over channels; written as one, XLA runs it (and, above
@@ -195,9 +203,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   A strided 1x1 kernel (ResNet's downsampling shortcut) is the matmul of the strided
   input. On the CPU, larger kernels become im2col GEMMs (`conv_as_gemm`). Anything else
   (grouped or input-dilated convolutions; larger kernels on accelerators) goes to XLA's
-  convolution unchanged. `row_major_weight_grad` and
-  `lhs_t` (lhs channels-first, [B, C, H * W]) choose how the weight gradient is formed
-  (`pointwise`, `pointwise_given_transpose`).
+  convolution unchanged. `row_major_weight_grad` (None: `row_major_weight_grads()`)
+  and `lhs_t` (lhs channels-first, [B, C, H * W]) choose how the weight gradient is
+  formed (`pointwise`, `pointwise_given_transpose`).
   """
   one_by_one = (lhs.ndim == 4 and rhs.ndim == 4 and rhs.shape[:2] == (1, 1)
                 and _is_channels_last(dimension_numbers) and feature_group_count == 1
@@ -219,6 +227,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     lhs = lhs[:, ::sh, ::sw, :]
   if lhs_t is not None and (sh, sw) == (1, 1) and precision is None:
     return pointwise_given_transpose(lhs, lhs_t, rhs[0, 0])
+  if row_major_weight_grad is None:
+    row_major_weight_grad = row_major_weight_grads()
   if row_major_weight_grad and precision is None:
     return pointwise(lhs, rhs[0, 0])
   return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0], precision=precision)
