@@ -120,7 +120,8 @@ def _pixel_contracting_dots(compiled_text, layers_named):
 def test_1x1_weight_gradients_are_row_major_gemms_on_the_cpu(monkeypatch):
   """A bottleneck block's 1x1 convs (layers.pointwise by default on the CPU): their weight
   gradients contract an explicit x^T, not the pixel axis of x and dy as XLA lays it out."""
-  block = resnet.Bottleneck(planes=8, norm=functools.partial(nn.BatchNorm, use_running_average=False))
+  norm = functools.partial(nn.BatchNorm, use_running_average=False)
+  block = resnet.Bottleneck(planes=8, norm=norm)
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 32))  # 32 = 4 * 8: no downsample
   variables = block.init(jax.random.key(1), x)
 
