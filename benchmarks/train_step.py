@@ -4,6 +4,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step --isa avx2          # both frameworks capped to AVX2
   python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's (accelerator)
   python -m benchmarks.train_step --ablation --modes hemnet   # each CPU choice undone in turn
+  python -m benchmarks.train_step --ablation --with_torch     # the same, beside PyTorch's steps
   python -m benchmarks.train_step --ablation --config configs/demo.py   # the same, the demo's model
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
@@ -141,18 +142,22 @@ ABLATIONS = {
 }
 
 
-def ablation(args, config):
+def ablation(args, config, mode, with_torch):
   """{name: median seconds} of our step as it is and with each ABLATIONS entry undone,
-  interleaved in one process (each variant compiled with its own trace)."""
+  interleaved in one process (each variant compiled with its own trace); with_torch:
+  PyTorch's steps in the same rounds."""
   calls = {"as it is": step_call(compile_step(config))}
   for name, patch in ABLATIONS.items():
     with patch():
       calls[name] = step_call(compile_step(config))
+  if with_torch:
+    return torch_comparison(args, mode, calls)
   return common.interleaved(calls, reps=1, rounds=args.steps)
 
 
-def torch_comparison(args, mode, jax_call):
-  """{name: median seconds} of ours and PyTorch's steps in `mode`, interleaved."""
+def torch_comparison(args, mode, jax_calls):
+  """{name: median seconds} of our steps (`jax_calls`, {name: call}) and PyTorch's in
+  `mode`, interleaved."""
   from benchmarks import torch_emanet  # imports torch: after _cap_isa
   variants = ("torch_eager",) + (() if args.no_compile else ("torch_compile",))
   fns, compile_s = torch_emanet.torch_train_steps(args.crop, args.batch, mode=mode,
@@ -160,7 +165,7 @@ def torch_comparison(args, mode, jax_call):
   if compile_s is not None:
     print(f"  torch.compile warm-up (compile + 3 steps): {compile_s:.1f} s", flush=True)
   sync = {name: (lambda r: r) for name in fns}  # PyTorch's CPU ops are synchronous
-  return common.interleaved({"jax": jax_call, **fns}, reps=1, rounds=args.steps, sync=sync)
+  return common.interleaved({**jax_calls, **fns}, reps=1, rounds=args.steps, sync=sync)
 
 
 def main():
@@ -182,7 +187,10 @@ def main():
   parser.add_argument("--log_elbo", action="store_true", help="also compute the per-iteration ELBO")
   parser.add_argument("--profile", action="store_true", help="name the top costs")
   parser.add_argument("--ablation", action="store_true",
-                      help="ours alone, as it is and with each CPU choice undone, interleaved")
+                      help="ours as it is and with each CPU choice undone, interleaved (alone, "
+                           "aux head on, unless --with_torch)")
+  parser.add_argument("--with_torch", action="store_true",
+                      help="with --ablation: PyTorch's steps in the same rounds (no aux head)")
   parser.add_argument("--config", default=None,
                       help="another config file (ours alone; --crop and --batch default to its own)")
   args = parser.parse_args()
@@ -196,7 +204,10 @@ def main():
   else:
     args.crop = args.crop or (513 if accel else 129)
     args.batch = args.batch or (16 if accel else 2)
-  with_torch = not (args.no_torch or accel or args.ablation or args.config)
+  if args.with_torch and not args.ablation:
+    parser.error("--with_torch goes with --ablation (without it PyTorch runs unless --no_torch)")
+  with_torch = (not (args.no_torch or accel or args.config)
+                and (args.with_torch or not args.ablation))
 
   print(common.banner())
   print(f"isa: {args.isa} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
@@ -218,9 +229,13 @@ def main():
           f"global batch {config.train.batch_size}, {args.dtype}, donate {not args.no_donate}",
           flush=True)
     if args.ablation:
-      times = ablation(args, config)
+      times = ablation(args, config, mode, with_torch)
       for name, t in times.items():
         print(f"  {name}: {t * 1e3:.1f} ms ({t / times['as it is']:.2f}x the time as it is)")
+      for name in ("torch_eager", "torch_compile"):
+        if name in times:
+          print(f"  {name}: " + ", ".join(f"{ours} {times[name] / times[ours]:.2f}x"
+                                          for ours in ("as it is", *ABLATIONS)))
       continue
     bench = compile_step(config, donate=not args.no_donate)
     call, flops = step_call(bench), bench["flops"]
@@ -233,7 +248,7 @@ def main():
     # The peak in the same process, just before the steps (interleaving it with the steps
     # measured it 30-50 % low: the step's threads were still winding down).
     peak, n = common.matmul_peak(peak_dtype)
-    times = (torch_comparison(args, mode, call) if with_torch
+    times = (torch_comparison(args, mode, {"jax": call}) if with_torch
              else common.interleaved({"jax": call}, reps=1, rounds=args.steps))
     step_s = times["jax"]
     results[mode] = dict(times, mfu=flops / step_s / peak,
