@@ -1,6 +1,7 @@
 r"""The HEM unit's forward + backward: our JAX version against PyTorch, eager and compiled.
 
   python -m benchmarks.hem_layer [--batch 2] [--reps 5] [--rounds 4] [--sections all]
+  python -m benchmarks.hem_layer --isa avx2    # both frameworks capped to AVX2
 
 The unit is the paper's (1x1 conv in, T HEM iterations, R-step, ReLU, 1x1 conv + BN,
 residual, ReLU) at its shapes: N = 65 x 65 (OS 8 on 513 crops), C = 512, K = 64, T = 3,
@@ -24,13 +25,19 @@ The last line is the summary:
   summary: speedup_vs_eager=X speedup_vs_compile=Y peak_fraction=Z
 with speed-ups as PyTorch time / our time and Z = our matmul FLOP/s / jnp.dot's.
 
-FLOPs are counted from the shapes (the matmuls a forward and backward must do, the same
-count for both frameworks); XLA's own cost analysis is printed beside it.
+FLOPs are counted from the shapes: the matmuls of the unit as written (PyTorch's), and
+those ours executes, fewer, as conv_in is folded into the iterations (hem/vjp.py); Z counts
+the latter. XLA's own cost analysis is printed beside them.
 """
 
 import argparse
 import math
 import os
+import sys
+
+from benchmarks import isa
+
+isa.cap_from_argv(sys.argv[1:])  # before JAX or PyTorch loads
 
 from hemnet_jax.cli import host_memory
 
@@ -45,13 +52,23 @@ from hemnet_jax.models.hem_unit import HEMUnit
 
 
 def matmul_flops(batch, n, c, k, t):
-  """Forward + backward matmul FLOPs of the unit (gradients to params and input).
+  """Forward + backward matmul FLOPs of the unit as written (gradients to params and input).
 
   Forward: two 1x1 convs (2NC^2 each), per iteration an E-step and an M-step (2NKC
   each), the R-step (2NKC). Backward: two matmuls per forward one.
   """
   forward = 2 * (2 * n * c * c) + (2 * t + 1) * (2 * n * k * c)
   return 3 * forward * batch
+
+
+def executed_flops(batch, n, c, k, t):
+  """The same for our unit, conv_in folded into the iterations (hem/vjp.py): conv_out
+  forward and backward (3 x 2NC^2), the iterations and R-step forward ((2T + 1) x 2NKC)
+  and backward ((2T + 2) x 2NKC), and conv_in's input and weight gradients from d X's
+  factors (2 x 2N 2KT C); the K x C products and the R-step's channels-first copy left out."""
+  if k * t >= c:  # d X formed, conv_in's backward as two GEMMs (hem/vjp.py)
+    return matmul_flops(batch, n, c, k, t) - 2 * n * c * c * batch
+  return (3 * 2 * n * c * c + (8 * t + 3) * 2 * n * k * c) * batch
 
 
 def jax_step(batch, hw, c, k, t, eta, remat=False, dtype=jnp.float32, **choices):
@@ -192,29 +209,32 @@ def compare(shape, eta, reps, rounds, peak_size=2048):
   fns = {"jax": lambda: compiled(*inputs), **torch_fns, dot_name: lambda: dot(a, a)}
   times = common.interleaved(fns, reps, rounds, {name: torch_sync for name in torch_fns})
   times["jnp.dot"] = times.pop(dot_name)
-  return dict(times=times, flops=matmul_flops(batch, hw * hw, c, k, t), xla_flops=xla_flops,
+  return dict(times=times, flops=matmul_flops(batch, hw * hw, c, k, t),
+              executed=executed_flops(batch, hw * hw, c, k, t), xla_flops=xla_flops,
               peak=2.0 * n ** 3 / times["jnp.dot"], peak_size=n, torch_device=device,
               torch_compile_s=compile_s)
 
 
 def section_compare(args, shape):
   r = compare(shape, args.eta, args.reps, args.rounds)
-  times, flops, peak = r["times"], r["flops"], r["peak"]
+  times, flops, executed, peak = r["times"], r["flops"], r["executed"], r["peak"]
   if r["torch_device"] is None:
     print("PyTorch: not compared (not installed, or it does not see this device)")
   elif r["torch_compile_s"] is not None:
     print(f"PyTorch on {r['torch_device']}; torch.compile warm-up (compile + 3 steps): "
           f"{r['torch_compile_s']:.1f} s")
-  print(f"matmul FLOPs per fwd+bwd: {flops / 1e9:.2f} G counted; XLA cost analysis "
+  print(f"matmul FLOPs per fwd+bwd: {flops / 1e9:.2f} G as written (PyTorch's), "
+        f"{executed / 1e9:.2f} G executed by ours (conv_in folded); XLA cost analysis of ours "
         f"{r['xla_flops'] / 1e9 if r['xla_flops'] else float('nan'):.2f} G")
   print(f"jnp.dot float32 peak ({r['peak_size']}^3, same rounds): {common.gflops(peak)}")
   for name in ("jax", "torch_eager", "torch_compile"):
     if name in times:
-      print(f"{name:>14}: {times[name] * 1e3:8.1f} ms  {common.gflops(flops / times[name]):>18}  "
-            f"{flops / times[name] / peak:6.1%} of peak")
+      done = executed if name == "jax" else flops
+      print(f"{name:>14}: {times[name] * 1e3:8.1f} ms  {common.gflops(done / times[name]):>18} "
+            f"executed, {done / times[name] / peak:6.1%} of peak")
   speedups = {f"speedup_vs_{name[6:]}": times[name] / times["jax"]
               for name in ("torch_eager", "torch_compile") if name in times}
-  return dict(**speedups, peak_fraction=flops / times["jax"] / peak)
+  return dict(**speedups, peak_fraction=executed / times["jax"] / peak)
 
 
 def section_eta(args, shape):
@@ -253,6 +273,7 @@ def section_ablation(args, shape):
   batch, hw, c, k, t = shape
   variants = {
       "as is": {},
+      "conv_in applied to the features (not folded)": {"fold_conv_in": False},
       "autodiff HEM backward": {"backward": "autodiff"},
       "1x1 convs as XLA convolutions": {"conv1x1": "xla"},
       "neither (the starting point)": {"backward": "autodiff", "conv1x1": "xla"},
@@ -279,10 +300,12 @@ def main():
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=4)
   parser.add_argument("--sections", default="compare,eta,depth")
+  isa.add_flag(parser)
   args = parser.parse_args()
   sections = args.sections.split(",")
   shape = (args.batch, args.hw, args.channels, args.bases, args.num_iters)
   print(common.banner())
+  print(isa.describe(args.isa))
   print(f"HEM unit fwd+bwd: batch {args.batch}, N {args.hw}x{args.hw}, C {args.channels}, "
         f"K {args.bases}, T {args.num_iters}, eta {args.eta}, float32")
   summary = None

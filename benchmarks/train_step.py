@@ -27,17 +27,9 @@ step_call, random_batches).
 import os
 import sys
 
+from benchmarks import isa
 
-def _cap_isa(argv):
-  """--isa avx2: cap XLA and PyTorch to AVX2, as on a CPU without AVX-512. Both read these
-  when they load, so this runs before either is imported."""
-  if "--isa=avx2" in argv or ("--isa", "avx2") in zip(argv, argv[1:]):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
-    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
-    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-
-
-_cap_isa(sys.argv[1:])
+isa.cap_from_argv(sys.argv[1:])  # before JAX or PyTorch loads
 
 import argparse
 import importlib.util
@@ -158,7 +150,7 @@ def ablation(args, config, mode, with_torch):
 def torch_comparison(args, mode, jax_calls):
   """{name: median seconds} of our steps (`jax_calls`, {name: call}) and PyTorch's in
   `mode`, interleaved."""
-  from benchmarks import torch_emanet  # imports torch: after _cap_isa
+  from benchmarks import torch_emanet  # imports torch: after isa.cap_from_argv
   variants = ("torch_eager",) + (() if args.no_compile else ("torch_compile",))
   fns, compile_s = torch_emanet.torch_train_steps(args.crop, args.batch, mode=mode,
                                                   variants=variants)
@@ -179,8 +171,7 @@ def main():
   parser.add_argument("--dtype", default="bfloat16" if accel else "float32")
   parser.add_argument("--steps", type=int, default=10 if accel else 5, help="timed rounds")
   parser.add_argument("--modes", default="hemnet,emanet", help="configs/voc.py variants")
-  parser.add_argument("--isa", choices=("native", "avx2"), default="native",
-                      help="avx2: cap XLA and PyTorch to AVX2 (read before either loads)")
+  isa.add_flag(parser)
   parser.add_argument("--no_torch", action="store_true", help="ours alone (with the aux head)")
   parser.add_argument("--no_compile", action="store_true", help="PyTorch eager only")
   parser.add_argument("--no_donate", action="store_true", help="do not donate the state")
@@ -210,9 +201,7 @@ def main():
                 and (args.with_torch or not args.ablation))
 
   print(common.banner())
-  print(f"isa: {args.isa} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
-        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')})")
+  print(isa.describe(args.isa))
   if with_torch:
     import torch
     print(f"torch {torch.__version__}, {os.cpu_count()} threads, CPU capability "

@@ -19,8 +19,12 @@ def _run(*args):
 
 def test_hem_layer_prints_the_summary_line_last():
   out = _run("benchmarks.hem_layer", "--batch", "1", "--hw", "6", "--channels", "16",
-             "--bases", "4", "--reps", "1", "--rounds", "1", "--sections", "compare,eta,depth")
+             "--bases", "4", "--reps", "1", "--rounds", "1", "--sections", "compare,eta,depth",
+             "--isa", "avx2")
   lines = out.strip().splitlines()
+  # --isa avx2 caps both frameworks before they load, and the banner says so.
+  assert re.search(r"isa: avx2 \(XLA_FLAGS='[^']*--xla_cpu_max_isa=AVX2', "
+                   r"ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2\)", out), out[:2000]
   assert re.fullmatch(r"summary: speedup_vs_eager=\d+\.\d\d speedup_vs_compile=\d+\.\d\d "
                       r"peak_fraction=\d+\.\d\d", lines[-1]), lines[-1]
   assert any(line.startswith("device: ") for line in lines)

@@ -89,15 +89,83 @@ def _unit(**choices):
                           **choices)
 
 
-def test_hem_unit_gradients_equal_those_of_the_autodiff_path():
-  """backward="custom" (hem/vjp.py) against "autodiff" (jax.grad of hem/em.py): the same
-  gradients (float64 end to end, so the comparison is not float32 rounding)."""
+@pytest.mark.parametrize("fold_conv_in,custom_vjp", [(True, "_folded"), (False, "_attention")])
+def test_hem_unit_gradients_equal_those_of_the_autodiff_path(fold_conv_in, custom_vjp):
+  """backward="custom" (hem/vjp.py, conv_in folded in or not) against "autodiff" (jax.grad
+  of hem/em.py): the same gradients (float64 end to end, so the comparison is not float32
+  rounding)."""
   with jax.enable_x64(True):
-    custom, custom_jaxpr = _unit_grads_float64(_unit(backward="custom"), (2, 5, 5, 16))
+    custom, custom_jaxpr = _unit_grads_float64(
+        _unit(backward="custom", fold_conv_in=fold_conv_in), (2, 5, 5, 16))
     autodiff, autodiff_jaxpr = _unit_grads_float64(_unit(backward="autodiff"), (2, 5, 5, 16))
-  # Two different programs: only the custom one calls hem_attention's custom VJP.
-  assert "name=_attention" in custom_jaxpr and "name=_attention" not in autodiff_jaxpr
+  # Different programs: only the custom one calls that custom VJP.
+  assert f"name={custom_vjp}" in custom_jaxpr
+  assert "name=_folded" not in autodiff_jaxpr and "name=_attention" not in autodiff_jaxpr
+  assert ("name=_folded" in custom_jaxpr) == fold_conv_in
   _assert_close_to_scale(custom, autodiff, 1e-10)
+
+
+@pytest.mark.parametrize("num_iters,c_in,remat,bias", [(3, 8, False, True), (3, 6, False, False),
+                                                        (4, 6, False, True), (3, 8, True, True)])
+def test_folded_conv_in_matches_attention_on_its_output_in_float64(num_iters, c_in, remat, bias):
+  """hem_attention_folded(x_in, w, b) against hem_attention(x_in w + b): values and every
+  cotangent (to x_in, w, b, mu0). K = 2: 2KT is below C = 8 at T = 3, where conv_in's
+  gradients come from the factors of d X; at T = 4 with C_in = 6 they do not."""
+  with jax.enable_x64(True):
+    key = jax.random.key(num_iters)
+    x_in = jax.random.normal(key, (2, 40, c_in), jnp.float64)
+    w = jax.random.normal(jax.random.fold_in(key, 1), (c_in, 8), jnp.float64) / 3
+    b = jax.random.normal(jax.random.fold_in(key, 2), (8,), jnp.float64) if bias else None
+    mu0 = jax.random.normal(jax.random.fold_in(key, 3), (2, 8), jnp.float64)
+    kw = {"num_iters": num_iters, "eta": 0.4, "temperature": 2.0, "remat": remat}
+
+    def plain(x_in, w, b, mu0):
+      x = x_in @ w if b is None else x_in @ w + b
+      x_tilde, out = hem_vjp.hem_attention(x, mu0, **kw)
+      return x_tilde, out.mus, out.gammas
+
+    def folded(x_in, w, b, mu0):
+      x_tilde, out = hem_vjp.hem_attention_folded(x_in, w, b, mu0, **kw)
+      return x_tilde, out.mus, out.gammas
+
+    want, vjp_want = jax.vjp(plain, x_in, w, b, mu0)
+    got, vjp_got = jax.vjp(folded, x_in, w, b, mu0)
+    for g, w_ in zip(got, want):
+      np.testing.assert_allclose(g, w_, rtol=1e-12, atol=1e-14)
+    cts = tuple(jax.random.normal(jax.random.fold_in(key, 10 + i), w_.shape, w_.dtype)
+                for i, w_ in enumerate(want))
+    grads_got, grads_want = vjp_got(cts), vjp_want(cts)
+    assert (grads_got[2] is None) == (not bias)
+    for g, w_ in zip(jax.tree_util.tree_leaves(grads_got), jax.tree_util.tree_leaves(grads_want)):
+      assert g.dtype == jnp.float64
+      np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-13)
+
+
+def test_folded_conv_in_keeps_the_parameters_and_saves_flops():
+  """The folded unit has nn.Conv's conv_in parameters (names, shapes, initial values: old
+  checkpoints and converters keep working) and its train step executes fewer FLOPs."""
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 64))
+  units = {fold: hem_unit.HEMUnit(num_bases=8, num_iters=3, fold_conv_in=fold)
+           for fold in (True, False)}
+  variables = {fold: unit.init(jax.random.key(1), x) for fold, unit in units.items()}
+  kept = ("params", "batch_stats", "hem_bases")  # the rest is sown, rounded differently
+  equal = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                 {k: variables[True][k] for k in kept},
+                                 {k: variables[False][k] for k in kept})
+  assert all(jax.tree_util.tree_leaves(equal))
+  assert variables[True]["params"]["conv_in"]["kernel"].shape == (1, 1, 64, 64)
+
+  def flops(fold):
+    state = {k: variables[fold][k] for k in ("batch_stats", "hem_bases")}
+    def loss(params, x):
+      y, _ = units[fold].apply({"params": params, **state}, x, train=True, mutable=list(state))
+      return jnp.sum(y ** 2)
+    cost = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables[fold]["params"], x).compile()
+    cost = cost.cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+  # Per pixel, unfolded conv_in costs 3 x 2 C^2 plus the 2 x 2KT C of forming d X;
+  # folded, 2 x 2 x 2KT C: 30720 vs 12288 of the unit's roughly 70000.
+  assert flops(True) < 0.85 * flops(False), (flops(True), flops(False))
 
 
 def test_hem_unit_gradients_equal_those_with_xla_convolutions():

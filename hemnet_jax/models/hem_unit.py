@@ -55,6 +55,18 @@ def reseed_duplicates(mu0, x, err, threshold, normalize=False):
   return jnp.where(duplicate[:, None], seeds, mu0)
 
 
+class _Conv1x1Params(nn.Module):
+  """nn.Conv(features, (1, 1))'s parameters, created as nn.Conv creates them (same names,
+  shapes, initialisers and random keys), for a caller that applies them itself."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features):
+    kernel = self.param("kernel", nn.linear.default_kernel_init,
+                        (1, 1, in_features, self.features), jnp.float32)
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+
 class HEMUnit(nn.Module):
   """1x1 conv -> T HEM iterations -> R-step -> ReLU -> 1x1 conv + BN -> + x -> ReLU.
 
@@ -63,11 +75,13 @@ class HEMUnit(nn.Module):
   sigma^2 (None: sqrt(C), Sec. 5.1). The EMANet baseline is eta=1, backprop=False,
   l2_normalize=True, temperature=1.
 
-  Two implementation choices, same values either way (tests compare them in float64):
+  Three implementation choices, same values either way (tests compare them in float64):
   backward "custom" trains through hem/vjp.py's hand-written backward pass (HEMNet's
   case only: dot kernel, backprop, no l2 normalisation), "autodiff" through jax.grad of
   hem/em.py; conv1x1 "matmul" runs the 1x1 convs as matmuls (models/layers.py), "xla"
-  as XLA convolutions.
+  as XLA convolutions; fold_conv_in (with "custom" and "matmul") folds conv_in into the
+  iterations' K x C factors instead of forming its output (hem/vjp.py's
+  `hem_attention_folded`). conv_in's parameters are nn.Conv's either way.
   """
   num_bases: int = 64
   num_iters: int = 3
@@ -85,6 +99,7 @@ class HEMUnit(nn.Module):
   remat: bool = False  # recompute iterations in the backward pass: memory flat in T
   backward: str = "custom"  # "custom" (hem/vjp.py) or "autodiff"
   conv1x1: str = "matmul"  # "matmul" or "xla"
+  fold_conv_in: bool = True
   bn_momentum: float = 0.9997
   dtype: Any = jnp.float32
 
@@ -111,14 +126,25 @@ class HEMUnit(nn.Module):
       conv1x1, conv_out_fn = jax.lax.conv_general_dilated, lambda y_t: jax.lax.conv_general_dilated
     else:
       raise ValueError(f"HEMUnit.conv1x1 must be 'matmul' or 'xla', got {self.conv1x1!r}")
-    x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name=CONV_IN,
-                conv_general_dilated=conv1x1)(x)
-    x = x.reshape(b, h * w, c)
-    if custom:
+    if custom and self.fold_conv_in and self.conv1x1 == "matmul":
+      # HEMNet's case, conv_in folded into the iterations: its output x is never formed
+      # for the gradient, only (without one) for the statistics and re-seeding below.
+      kernel, bias = _Conv1x1Params(c, name=CONV_IN)(c)
+      x_in, kernel, bias = nn.dtypes.promote_dtype(x.reshape(b, h * w, c), kernel[0, 0], bias,
+                                                    dtype=self.dtype)
+      x_tilde, out = hem_vjp.hem_attention_folded(
+          x_in, kernel, bias, mu0.value, num_iters=num_iters, eta=self.eta,
+          temperature=temperature, remat=self.remat)
+      x = jax.lax.stop_gradient(jnp.dot(x_in, kernel) + bias)  # unused ones cost nothing
+    elif custom:
       # HEMNet's case: the same math with a hand-written backward pass (hem/vjp.py).
+      x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name=CONV_IN,
+                  conv_general_dilated=conv1x1)(x).reshape(b, h * w, c)
       x_tilde, out = hem_vjp.hem_attention(x, mu0.value, num_iters=num_iters, eta=self.eta,
                                            temperature=temperature, remat=self.remat)
     else:
+      x = nn.Conv(c, (1, 1), use_bias=True, dtype=self.dtype, name=CONV_IN,
+                  conv_general_dilated=conv1x1)(x).reshape(b, h * w, c)
       out = hem.hem_iterations(x, mu0.value, num_iters=num_iters, eta=self.eta,
                                temperature=temperature, l2_normalize=self.l2_normalize,
                                backprop=self.backprop, kernel=self.kernel, remat=self.remat)
