@@ -286,7 +286,7 @@ def section_ablation(args, shape):
     fns[name] = (lambda compiled=compiled, inputs=inputs: compiled(*inputs))
   times = common.interleaved(fns, args.reps, args.rounds)
   for name, s in times.items():
-    print(f"{name:>36}: {s * 1e3:8.1f} ms  ({times['as is'] / s:.2f}x the speed of the unit as is)")
+    print(f"{name:>46}: {s * 1e3:8.1f} ms  ({times['as is'] / s:.2f}x the speed of the unit as is)")
 
 
 def main():

@@ -131,6 +131,8 @@ ABLATIONS = {
         lambda: mock.patch.object(resnet, "materialize", lambda x: x),
     "1x1 weight gradients as XLA lays them out (not row-major GEMMs)":
         lambda: mock.patch.object(layers, "row_major_weight_grads", lambda: False),
+    "padding taps multiplied (im2col where they dominate, no per-tap GEMMs)":
+        lambda: mock.patch.object(layers, "SHIFTED_GEMMS_FROM_PADDING", 2.0),
 }
 
 

@@ -46,6 +46,44 @@ def test_conv_as_gemm_equals_xla_convolution_in_float64(kernel, stride, dilation
     assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
 
 
+# (map side, dilation, padding): stage 4's last block at crop 129 (17 x 17, dilation 16: 86 %
+# of the taps read padding), a map smaller than the dilation (eight taps read nothing but
+# padding), uneven padding, and a wide map with dilation 1 (8 % padding: im2col's one GEMM).
+@pytest.mark.parametrize("size,dilation,padding", [
+    (17, 16, ((16, 16), (16, 16))), (5, 8, ((8, 8), (8, 8))), (7, 2, ((3, 1), (0, 4))),
+    (24, 1, ((1, 1), (1, 1)))])
+def test_convs_reading_mostly_padding_run_one_gemm_per_tap(size, dilation, padding):
+  """conv_general_dilated routes a stride-1 convolution whose taps read padding at least
+  SHIFTED_GEMMS_FROM_PADDING of the time to conv_as_shifted_gemms (a GEMM per tap that
+  reads the input anywhere), the rest to im2col's one GEMM; both equal XLA's convolution
+  in values and gradients (float64)."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3), jnp.float64)
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4), jnp.float64)
+    kw = {"rhs_dilation": (dilation, dilation), "dimension_numbers": ("NHWC", "HWIO", "NHWC")}
+    ours = lambda x, w: layers.conv_general_dilated(x, w, (1, 1), padding, **kw)
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, **kw)
+    y, vjp = jax.vjp(ours, x, w)
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    d_y = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
+    for a, b in zip(vjp(d_y), vjp_ref(d_y)):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    share = layers.padding_share(x.shape, (3, 3), (dilation, dilation), padding)
+    shifted = share >= layers.SHIFTED_GEMMS_FROM_PADDING
+    assert shifted == (size < 24)
+    # Count the taps that read the input somewhere: one GEMM each when shifted, else one.
+    ho, wo = y.shape[1:3]
+    reaching = sum(
+        any(0 <= o + i * dilation - padding[0][0] < size for o in range(ho))
+        and any(0 <= o + j * dilation - padding[1][0] < size + 1 for o in range(wo))
+        for i in range(3) for j in range(3))
+    gemms = str(jax.make_jaxpr(ours)(x, w)).count("dot_general")
+    assert gemms == (reaching if shifted else 1)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(
+        lambda x, w: jnp.sum(ours(x, w) ** 2), argnums=(0, 1)))(x, w))
+
+
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3))])
 def test_nn_conv_takes_the_gemm_path_on_the_cpu_with_any_padding(padding):
   x = jax.random.normal(jax.random.key(0), (2, 9, 8, 4))

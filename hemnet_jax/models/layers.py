@@ -147,6 +147,51 @@ def _conv_as_gemm_bwd(strides, dilation, padding, saved, d_y):
 conv_as_gemm.defvjp(_conv_as_gemm_fwd, _conv_as_gemm_bwd)
 
 
+# A dilated convolution on a small map mostly multiplies zero padding: at dilation 16 on a
+# 17 x 17 map, 86 % of a 3 x 3's taps (ResNet-101's last block at crop 129). From this share
+# of padding taps on, a stride-1 convolution runs as `conv_as_shifted_gemms`, which skips
+# them; below it, im2col's one big GEMM is faster (BENCHMARKS.md).
+SHIFTED_GEMMS_FROM_PADDING = 0.25
+
+
+def padding_share(x_shape, kernel, dilation, padding):
+  """The share of (output pixel, tap) pairs of a stride-1 convolution that read padding."""
+  share = 1.0
+  for a in (0, 1):
+    size, (lo, hi) = x_shape[1 + a], padding[a]
+    out = size + lo + hi - dilation[a] * (kernel[a] - 1)
+    inside = sum(min(out, size + lo - i * dilation[a]) - max(0, lo - i * dilation[a])
+                 for i in range(kernel[a]) if min(out, size + lo - i * dilation[a])
+                 > max(0, lo - i * dilation[a]))
+    share *= inside / (out * kernel[a])
+  return 1.0 - share
+
+
+def conv_as_shifted_gemms(x, w, dilation, padding):
+  """A stride-1 k x k convolution of NHWC x with HWIO w as one GEMM per tap, each over the
+  output rectangle whose windows read the input (not padding) at that tap, added up.
+
+  The FLOPs of the valid taps only, against im2col's every tap at every pixel; each GEMM
+  is narrower (inner size C_in, not k^2 C_in). Weight gradients as row-major GEMMs
+  (`pointwise`), as the CPU, the only backend that takes this path, prefers.
+  """
+  (pt, pb), (pl, pr) = padding
+  b, h, wd, _ = x.shape
+  kh, kw, _, c_out = w.shape
+  ho, wo = h + pt + pb - dilation[0] * (kh - 1), wd + pl + pr - dilation[1] * (kw - 1)
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      di, dj = i * dilation[0] - pt, j * dilation[1] - pl  # input index - output index
+      r0, r1, c0, c1 = max(0, -di), min(ho, h - di), max(0, -dj), min(wo, wd - dj)
+      if r1 <= r0 or c1 <= c0:
+        continue  # this tap reads only padding
+      part = pointwise(x[:, r0 + di:r1 + di, c0 + dj:c1 + dj], w[i, j])
+      part = jnp.pad(part, ((0, 0), (r0, ho - r1), (c0, wo - c1), (0, 0)))
+      y = part if y is None else y + part
+  return jnp.zeros((b, ho, wo, c_out), jnp.result_type(x, w)) if y is None else y
+
+
 def _explicit_padding(padding, x_shape, kernel, strides, dilation):
   if isinstance(padding, str):
     window = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
@@ -201,7 +246,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   H x W window) through its GEMM: on a 2-core CPU the HEM unit's two 1x1 convs at
   65 x 65 x 512 run forward + backward much faster (BENCHMARKS.md has the figures).
   A strided 1x1 kernel (ResNet's downsampling shortcut) is the matmul of the strided
-  input. On the CPU, larger kernels become im2col GEMMs (`conv_as_gemm`). Anything else
+  input. On the CPU, larger kernels become im2col GEMMs (`conv_as_gemm`), or one GEMM per
+  tap where most taps would read zero padding (`conv_as_shifted_gemms`). Anything else
   (grouped or input-dilated convolutions; larger kernels on accelerators) goes to XLA's
   convolution unchanged. `row_major_weight_grad` (None: `row_major_weight_grads()`)
   and `lhs_t` (lhs channels-first, [B, C, H * W]) choose how the weight gradient is
@@ -218,6 +264,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if plain and gemm_convolutions():
       dilation = tuple(rhs_dilation or (1, 1))
       pads = _explicit_padding(padding, lhs.shape, rhs.shape[:2], window_strides, dilation)
+      if (tuple(window_strides) == (1, 1) and min(min(p) for p in pads) >= 0
+          and padding_share(lhs.shape, rhs.shape[:2], dilation, pads)
+          >= SHIFTED_GEMMS_FROM_PADDING):
+        return conv_as_shifted_gemms(lhs, rhs, dilation, pads)
       return conv_as_gemm(lhs, rhs, tuple(window_strides), dilation, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
