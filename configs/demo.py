@@ -2,12 +2,13 @@
 
   python -m hemnet_jax.main --config configs/demo.py --workdir /tmp/hemnet_demo
 
-Expected: val mIoU 77.11 % after 4,000 steps of batch 4 (70.85 % at step 2,000) and the final
-report's attention line `entropy 0.690  bases in use 11.37  distinct bases in mu0 16` (measured
-on this config at commit d710b2d in a fresh clone; the run is deterministic on one machine, and
-the figures move with the rounding of the compiled step: 77.03-77.31 % with 5.18-12.43 bases in
+Expected: val mIoU 76.93 % after 4,000 steps of batch 4 (71.31 % at step 2,000) and the final
+report's attention line `entropy 0.325  bases in use 3.86  distinct bases in mu0 16` (measured
+on this config at commit 647d1a7 in a fresh clone; the run is deterministic on one machine, and
+the figures move with the rounding of the compiled step: 76.93-77.31 % with 3.86-12.43 bases in
 use in runs that rounded differently). About 5-6 minutes with dataset generation on a 2-core CPU
-with AVX2 only (306-357 s in four runs; BENCHMARKS.md, "The demo").
+with AVX2 only (306-357 s in four runs; 440-451 s in a slow hour of that VM; BENCHMARKS.md,
+"The demo").
 The HEM settings are the paper's (eta 0.5, T_train 3, temperature sqrt(C)) plus re-seeding of
 merged bases (hem.reseed_cosine 0.99), which keeps mu0's 16 bases distinct where the paper's
 unit ends with 2 (docs/collapse.md). `:paper` leaves the re-seeding out, `:emanet` is the EMANet
