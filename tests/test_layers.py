@@ -48,10 +48,11 @@ def test_conv_as_gemm_equals_xla_convolution_in_float64(kernel, stride, dilation
 
 # (map side, dilation, padding): stage 4's last block at crop 129 (17 x 17, dilation 16: 86 %
 # of the taps read padding), a map smaller than the dilation (eight taps read nothing but
-# padding), uneven padding, and a wide map with dilation 1 (8 % padding: im2col's one GEMM).
+# padding), dilation 4 with PyTorch's padding, uneven padding, and a wide map with dilation 1
+# (8 % padding: im2col's one GEMM).
 @pytest.mark.parametrize("size,dilation,padding", [
-    (17, 16, ((16, 16), (16, 16))), (5, 8, ((8, 8), (8, 8))), (7, 2, ((3, 1), (0, 4))),
-    (24, 1, ((1, 1), (1, 1)))])
+    (17, 16, ((16, 16), (16, 16))), (5, 8, ((8, 8), (8, 8))), (9, 4, ((4, 4), (4, 4))),
+    (7, 2, ((3, 1), (0, 4))), (24, 1, ((1, 1), (1, 1)))])
 def test_convs_reading_mostly_padding_run_one_gemm_per_tap(size, dilation, padding):
   """conv_general_dilated routes a stride-1 convolution whose taps read padding at least
   SHIFTED_GEMMS_FROM_PADDING of the time to conv_as_shifted_gemms (a GEMM per tap that
