@@ -21,6 +21,9 @@ STATS = "hem_stats"
 # The last iteration's responsibilities gamma [B, H, W, K] (attention maps), sown
 # only when the caller makes this collection mutable.
 ATTENTION = "hem_attention"
+# conv_in's output X [B, H, W, C] (the iterations' input features), sown only when the
+# caller makes this collection mutable (the Figure 3 probes and attention maps read it).
+FEATURES = "hem_features"
 # Submodule names that tools look up in the variables.
 CONV_IN = "conv_in"
 MU0 = "mu0"
@@ -152,6 +155,9 @@ class HEMUnit(nn.Module):
       x_tilde = hem.r_step(out.gamma, out.mu)  # Eq. 10
     gamma, mu = out.gamma, out.mu
     x_tilde = x_tilde.astype(self.dtype).reshape(b, h, w, c)
+
+    if self.is_mutable_collection(FEATURES):
+      self.sow(FEATURES, "x", x.reshape(b, h, w, c))
 
     if self.is_mutable_collection(ATTENTION):
       self.sow(ATTENTION, "gamma", gamma.reshape(b, h, w, self.num_bases))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemnet_jax.models.hem_unit import BASES, CONV_IN, MU0, HEMUnit
+from hemnet_jax.models.hem_unit import BASES, FEATURES, MU0, HEMUnit
 from hemnet_jax.models.layers import conv_general_dilated
 from hemnet_jax.models.resnet import ResNet, conv
 
@@ -115,11 +115,10 @@ def upsample(logits, size, align_corners=False):
 
 
 def hem_inputs(model, variables, images):
-  """(X [B, N, C], mu0 [K, C]): the HEM unit's input features, captured from its conv_in."""
-  is_conv_in = lambda mdl, method: mdl.name == CONV_IN and method == "__call__"
-  _, state = model.apply(variables, images, train=False, capture_intermediates=is_conv_in,
-                         mutable=["intermediates"])
-  x = state["intermediates"][HEM][CONV_IN]["__call__"][0]
+  """(X [B, N, C], mu0 [K, C]): the HEM unit's input features, its conv_in's output (sown:
+  with conv_in folded into the iterations the unit forms it only when asked)."""
+  _, state = model.apply(variables, images, train=False, mutable=[FEATURES])
+  x = state[FEATURES][HEM]["x"][0]
   # float32 even for a bfloat16 model: the probes measure gradients down to ~1e-7 of the total.
   x = x.reshape(x.shape[0], -1, x.shape[-1]).astype(jnp.float32)
   return x, variables[BASES][HEM][MU0]
