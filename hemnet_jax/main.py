@@ -28,19 +28,32 @@ def initialize_distributed(f):
     if jax.config.jax_platforms in (None, "", "cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk via gloo
     jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
-                               heartbeat_timeout_seconds=f.heartbeat_timeout)
+                               heartbeat_timeout_seconds=_backstop(f.heartbeat_timeout))
   elif f.distributed:
-    jax.distributed.initialize(heartbeat_timeout_seconds=f.heartbeat_timeout)
+    jax.distributed.initialize(heartbeat_timeout_seconds=_backstop(f.heartbeat_timeout))
+  else:
+    return
+  from hemnet_jax.training import preemption
+  preemption.watch_peers(f.heartbeat_timeout)
+
+
+def _backstop(timeout):
+  """JAX's own heartbeat timeout: longer than the PeerWatch's, which names the dead process in
+  one line where JAX's aborts every process with a stack trace."""
+  return 2 * timeout + 10
 
 
 def main(f):
   initialize_distributed(f)
   # Imported after flag parsing: a bad flag fails before JAX starts.
-  from hemnet_jax.training import evaluation, loop
-  if f.mode == "eval":
-    evaluation.run(f.config, f.workdir)
-  else:
-    loop.train_and_evaluate(f.config, f.workdir, allow_config_change=f.allow_config_change)
+  from hemnet_jax.training import evaluation, loop, preemption
+  try:
+    if f.mode == "eval":
+      evaluation.run(f.config, f.workdir)
+    else:
+      loop.train_and_evaluate(f.config, f.workdir, allow_config_change=f.allow_config_change)
+  finally:
+    preemption.stop_watching()
 
 
 if __name__ == "__main__":
@@ -53,7 +66,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator_address.")
   flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
   flags.DEFINE_integer("heartbeat_timeout", 60, "Seconds without a heartbeat after which a "
-                       "process counts as dead and every other one stops (jax.distributed).")
+                       "process counts as dead and every other one stops, naming it.")
   flags.DEFINE_bool("allow_config_change", False, "Continue the run in --workdir with a config "
                     "that changes what is trained; the change is recorded in the workdir.")
   cli.start(main)

@@ -45,11 +45,15 @@ done
 
 env_prefix=()
 if [[ "$devices" -gt 0 ]]; then
-  env_prefix=(env JAX_PLATFORMS=cpu "XLA_FLAGS=--xla_force_host_platform_device_count=$devices")
+  # The simulated devices are added to the caller's XLA_FLAGS, which stay in force.
+  env_prefix=(env JAX_PLATFORMS=cpu
+              "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices")
 fi
+prefix=""
+[[ ${#env_prefix[@]} -eq 0 ]] || prefix="$(printf '%q ' "${env_prefix[@]}")"
 cmds=()
 for ((i = 0; i < num; i++)); do
-  cmds+=("${env_prefix[*]} $* --coordinator_address=localhost:$port --num_processes=$num --process_id=$i")
+  cmds+=("$prefix$* --coordinator_address=localhost:$port --num_processes=$num --process_id=$i")
 done
 echo "launch/local.sh: $num processes, logs in $logdir/process_<i>.log:"
 for c in "${cmds[@]}"; do echo "  $c"; done

@@ -1,13 +1,14 @@
 """The launch scripts: --help, argument checks, and the commands they print."""
 
+import os
 import subprocess
 
 import pytest
 from helpers import ROOT
 
 
-def sh(*args):
-  return subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, timeout=60)
+def sh(*args, env=None):
+  return subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
 
 
 @pytest.mark.parametrize("script", ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sh"])
@@ -26,6 +27,11 @@ def test_local_checks_arguments_and_prints_commands():
   for i in range(3):
     assert (f"python -m x --coordinator_address=localhost:23456 --num_processes=3 "
             f"--process_id={i}") in res.stdout
+  # The simulated devices join the caller's XLA flags, which stay in force.
+  res = sh("launch/local.sh", "-n", "1", "--dry-run", "--", "python", "-m", "x",
+           env={**os.environ, "XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"})
+  assert ("XLA_FLAGS=--xla_cpu_use_fusion_emitters=false\\ "
+          "--xla_force_host_platform_device_count=1 python -m x") in res.stdout, res.stdout
 
 
 def test_tpu_pod_checks_arguments_and_prints_commands():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, main_cmd, tiny_config, tiny_flags
 
-from hemnet_jax.training import checkpoints, config as config_lib, drift, loop
+from hemnet_jax.training import checkpoints, config as config_lib, drift, loop, preemption
 
 # Short runs evaluated on 4 validation images.
 SHORT = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 2,
@@ -228,4 +228,55 @@ def test_hosts_share_a_preemption_notice_and_name_a_dead_peer(data_dir, tmp_path
   os.kill(pids[1], signal.SIGKILL)
   launcher.wait(timeout=120)  # a hang fails here
   log0 = (tmp_path / "logs2" / "process_0.log").read_text()
-  assert "error: process 1 of this 2-process run stopped" in log0, log0[-3000:]
+  # The PeerWatch's line, last: not JAX's abort with its stack trace.
+  last = log0.rstrip().splitlines()[-1]
+  assert last.startswith("error: process 1 of this 2-process run stopped"), log0[-3000:]
+
+
+class FakeStore:
+  """The coordination service's key-value store as PeerWatch uses it; `down` makes it fail."""
+
+  def __init__(self):
+    self.values, self.down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: the coordinator is gone")
+    assert allow_overwrite
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: the coordinator is gone")
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def wait_until(condition, seconds):
+  t0 = time.monotonic()
+  while not condition() and time.monotonic() - t0 < seconds:
+    time.sleep(0.05)
+  return condition()
+
+
+def test_peer_watch_names_a_quiet_peer_but_not_one_that_finished():
+  store, lost = FakeStore(), {0: [], 1: [], 2: []}
+  watches = [preemption.PeerWatch(1.0, store, i, 3, on_lost=lost[i].append) for i in range(3)]
+  time.sleep(2)
+  assert lost == {0: [], 1: [], 2: []}  # all beating
+  watches[2].stop()  # its run ended: the others stop listening for it
+  time.sleep(2)
+  assert lost == {0: [], 1: [], 2: []}
+  watches[1].done.set()  # process 1 dies: its beats stop without a word
+  assert wait_until(lambda: lost[0], 3), "process 0 never noticed"
+  assert str(lost[0][0]).startswith("process 1 of this 3-process run stopped (killed, crashed "
+                                    "or unreachable), so process 0 stops too.")
+  watches[0].stop()
+
+  store, lost = FakeStore(), {0: [], 1: []}
+  watches = [preemption.PeerWatch(1.0, store, i, 2, on_lost=lost[i].append) for i in range(2)]
+  time.sleep(0.5)
+  store.down = True  # process 0, which holds the store, is gone
+  assert wait_until(lambda: lost[1], 3)
+  assert str(lost[1][0]).startswith("process 0 of this 2-process run stopped")
+  for w in watches:
+    w.stop()

@@ -20,7 +20,8 @@ from configs import voc  # noqa: E402
 def tiny_voc(data_dir, manual_dir, **extra):
   config = voc.get_config()
   # Fake images vary in size: whole-image evaluation one at a time, as for the real set.
-  for k, v in {**TINY, "data.eval_batch_size": 1, **extra}.items():
+  for k, v in {**TINY, "data.eval_split": "validation", "data.eval_batch_size": 1,
+               **extra}.items():
     section, field = k.split(".")
     config[section][field] = v
   config.data.data_dir, config.data.manual_dir = str(data_dir), str(manual_dir)
