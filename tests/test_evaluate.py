@@ -12,7 +12,8 @@ import pytest
 from helpers import ROOT, main_cmd, tiny_config, tiny_flags
 
 from hemnet_jax.data import pipeline
-from hemnet_jax.training import config as config_lib, evaluation, metrics, state as state_lib, steps
+from hemnet_jax.training import (config as config_lib, evaluation, metrics, sharding,
+                                 state as state_lib, steps)
 from hemnet_jax.models.hem_unit import STATS
 
 from conftest import TINY_RUN as RUN  # noqa: E402
@@ -117,3 +118,22 @@ def test_t_eval_changes_the_number_of_iterations(data_dir, run):
 def test_eval_without_a_checkpoint_fails_clearly(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="--mode train"):
     evaluation.run(tiny_config(data_dir, **RUN), tmp_path)
+
+
+TRACES = []
+
+
+def traced_eval_step(state, batch, *, num_classes):
+  TRACES.append(batch["image"].shape)  # runs once per trace, not per call
+  return steps.eval_step(state, batch, num_classes=num_classes)
+
+
+def test_a_run_evaluating_again_does_not_trace_or_compile_again(data_dir):
+  config = config_lib.validate(tiny_config(data_dir, **RUN))
+  mesh, model = sharding.make_mesh(), state_lib.build_model(config)
+  state = state_lib.create_train_state(config, model, jax.random.key(0), load_backbone=False)
+  split = pipeline.load_split(config.data, config.data.eval_split)
+  first, _ = evaluation.evaluate(state, model, split, config, mesh, step_fn=traced_eval_step)
+  assert len(TRACES) == 1
+  second, _ = evaluation.evaluate(state, model, split, config, mesh, step_fn=traced_eval_step)
+  assert len(TRACES) == 1 and second == first

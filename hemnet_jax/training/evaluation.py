@@ -35,11 +35,18 @@ def protocol_name(eval_config):
   return ("ms" if eval_config.multi_scale else "ss") + ("_flip" if eval_config.flip else "")
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(step_fn, num_classes, mesh):
+  """One jitted step per (step, classes, mesh): a training run evaluates every eval_every
+  steps, and a jit made anew each time would compile anew each time."""
+  return jax.jit(functools.partial(step_fn, num_classes=num_classes),
+                 out_shardings=sharding.replicated(mesh))
+
+
 def evaluate(state, model, split, config, mesh, step_fn=steps.eval_step):
   """mIoU over `split`, with `model`'s T_eval; single-scale unless `step_fn` (with
   eval_step's signature) does otherwise, as steps.multi_scale_eval_step."""
-  step = jax.jit(functools.partial(step_fn, num_classes=config.data.num_classes),
-                 out_shardings=sharding.replicated(mesh))
+  step = _compiled(step_fn, config.data.num_classes, mesh)
   state = state.replace(apply_fn=model.apply)
   # Each process reads every process_count-th example; its batches are filled with
   # ignore-only examples up to a multiple of its device count.
