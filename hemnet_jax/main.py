@@ -34,7 +34,7 @@ def initialize_distributed(f):
   else:
     return
   from hemnet_jax.training import preemption
-  preemption.watch_peers(f.heartbeat_timeout)
+  preemption.watch_peers(f.heartbeat_timeout, on_lost=cli.exit_with_error)
 
 
 def _backstop(timeout):

@@ -112,7 +112,8 @@ def test_each_layout_prepares_with_void_remapped_and_trains_through_main(layout,
   flags = [f"--config.data.folder.{k}={v}".replace(" ", "") for k, v in fields.items()]
   env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
   res = subprocess.run(
-      main_cmd(tmp_path / "run", *tiny_flags(**{"train.num_steps": 2, "data.eval_split": "validation",
+      main_cmd(tmp_path / "run", *tiny_flags(**{"train.num_steps": 2,
+                                                "data.eval_split": "validation",
                                                 "data.eval_batch_size": 3,
                                                 "data.num_classes": NUM_CLASSES}),
                *flags, config="configs/folder.py"),

@@ -260,7 +260,7 @@ def wait_until(condition, seconds):
 
 def test_peer_watch_names_a_quiet_peer_but_not_one_that_finished():
   store, lost = FakeStore(), {0: [], 1: [], 2: []}
-  watches = [preemption.PeerWatch(1.0, store, i, 3, on_lost=lost[i].append) for i in range(3)]
+  watches = [preemption.PeerWatch(1.0, lost[i].append, store, i, 3) for i in range(3)]
   time.sleep(2)
   assert lost == {0: [], 1: [], 2: []}  # all beating
   watches[2].stop()  # its run ended: the others stop listening for it
@@ -270,10 +270,11 @@ def test_peer_watch_names_a_quiet_peer_but_not_one_that_finished():
   assert wait_until(lambda: lost[0], 3), "process 0 never noticed"
   assert str(lost[0][0]).startswith("process 1 of this 3-process run stopped (killed, crashed "
                                     "or unreachable), so process 0 stops too.")
+  assert watches[0].verdict is lost[0][0] and watches[2].verdict is None
   watches[0].stop()
 
   store, lost = FakeStore(), {0: [], 1: []}
-  watches = [preemption.PeerWatch(1.0, store, i, 2, on_lost=lost[i].append) for i in range(2)]
+  watches = [preemption.PeerWatch(1.0, lost[i].append, store, i, 2) for i in range(2)]
   time.sleep(0.5)
   store.down = True  # process 0, which holds the store, is gone
   assert wait_until(lambda: lost[1], 3)

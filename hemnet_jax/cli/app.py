@@ -61,6 +61,13 @@ def start(work):
   app.run(main)
 
 
+def exit_with_error(error):
+  """One `error:` line, then the process ends at once with status 1: for a thread that must
+  stop the program while the main thread may be blocked (training/preemption.PeerWatch)."""
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  _exit_now(1)
+
+
 def _quiet_abandoned_checkpoint_io(unraisable):
   """Silences what a failed orbax restore leaves behind, and only that.
 

@@ -5,9 +5,7 @@ wait for it at the next collective with no end; so each process reports what it 
 every process stops at alike (log and checkpoint steps), and all save and exit together.
 """
 
-import os
 import signal
-import sys
 import threading
 import time
 
@@ -53,15 +51,11 @@ def _lost(dead, count, index):
       "command on every host to resume from the newest checkpoint.")
 
 
-def _exit_naming(lost):
-  print(f"error: {lost}", file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(1)  # the main thread may be blocked in a collective that never returns
-
-
 class PeerWatch:
   """Heartbeats between the processes of a run, through the coordination service's key-value
-  store: a peer quiet for `timeout` seconds ends this process with one `error:` line naming it.
+  store: a peer quiet for `timeout` seconds is named in a PeerLost passed to `on_lost`, which
+  ends the process (main.py: one `error:` line; the main thread may be blocked in a collective
+  that never returns, so nothing can be raised there).
 
   JAX's service watches heartbeats too, but when it finds a dead process it aborts every other
   one with a C++ stack trace, and a process blocked in a collective whose peer died (gloo on
@@ -72,14 +66,15 @@ class PeerWatch:
 
   PREFIX = "hemnet_jax/heartbeat/"
 
-  def __init__(self, timeout, client=None, index=None, count=None, on_lost=None):
+  def __init__(self, timeout, on_lost, client=None, index=None, count=None):
     if client is None:
       from jax._src import distributed  # pylint: disable=import-outside-toplevel
       client = distributed.global_state.client
     self.client, self.timeout = client, timeout
     self.index = jax.process_index() if index is None else index
     self.count = jax.process_count() if count is None else count
-    self.on_lost = on_lost or _exit_naming
+    self.on_lost = on_lost
+    self.verdict = None  # the PeerLost, once a peer went quiet
     self.interval = min(max(timeout / 10, 0.05), 1.0)
     now = time.monotonic()
     self.heard = {p: now for p in range(self.count) if p != self.index}  # peer: last change
@@ -119,8 +114,9 @@ class PeerWatch:
       if now - self.store_ok > self.timeout and not starved:
         quiet = [0]  # the store lives in process 0
       if quiet and not self.done.is_set():
+        self.verdict = _lost(quiet, self.count, self.index)
         self.lost.set()
-        self.on_lost(_lost(quiet, self.count, self.index))
+        self.on_lost(self.verdict)
         return
 
   def stop(self):
@@ -135,11 +131,11 @@ class PeerWatch:
 _watch = None
 
 
-def watch_peers(timeout):
+def watch_peers(timeout, on_lost):
   """Starts the PeerWatch of a multi-process run (nothing for one process); returns it."""
   global _watch  # pylint: disable=global-statement
   if jax.process_count() > 1 and _watch is None:
-    _watch = PeerWatch(timeout)
+    _watch = PeerWatch(timeout, on_lost)
   return _watch
 
 
@@ -154,15 +150,15 @@ def peer_failure(error, timeout=120.0):
   """A PeerLost naming the processes that stopped, when `error` (raised by a collective of a
   multi-process run) came from a peer that died; None for an error of this process's own.
 
-  With a PeerWatch running, waits for its verdict (it ends the process itself when a peer went
-  quiet); without one, asks the coordination service which processes still send heartbeats,
+  With a PeerWatch running, waits for its verdict (its `on_lost` normally ends the process
+  first); without one, asks the coordination service which processes still send heartbeats,
   which answers once the dead ones missed theirs, so this waits at most `timeout` seconds.
   """
   if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
     return None
   if _watch is not None:
     _watch.lost.wait(_watch.timeout + 5 * _watch.interval + 1.0)
-    return None  # still here: every peer beats, so the error was this process's own
+    return _watch.verdict  # None: every peer still beats, so the error was this process's own
   from jax._src import distributed
   everyone, answer = list(range(jax.process_count())), []
 
