@@ -55,6 +55,22 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data_dir):
   assert m1["elbo/hem"].shape == (config.hem.num_iters,)
 
 
+def test_the_compiled_train_state_equals_the_eager_one(data_dir):
+  # create_train_state compiles the optimizer's init (state.make_state); TrainState.create
+  # run op by op on the same variables is the reference.
+  config = tiny_config(data_dir)
+  model = state_lib.build_model(config)
+  state = state_lib.create_train_state(config, model, jax.random.key(0))
+  eager = state_lib._state(config, model, state.variables())  # pylint: disable=protected-access
+  flat = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]
+  got, want = flat(state), flat(eager)
+  assert [path for path, _ in got] == [path for path, _ in want]
+  for (path, a), (_, b) in zip(got, want):
+    assert np.shape(a) == np.shape(b) and np.array_equal(a, b), jax.tree_util.keystr(path)
+  # step, params, the momentum of every parameter, BN statistics and mu0
+  assert int(state.step) == 0 and len(got) > 2 * len(jax.tree.leaves(state.params))
+
+
 def test_emanet_baseline_is_one_variant_away_and_trains(data_dir, tmp_path):
   config = tiny_config(data_dir, "emanet", **{"train.num_steps": 3})
   assert (config.hem.eta, config.hem.backprop, config.hem.l2_normalize) == (1.0, False, True)

@@ -72,7 +72,16 @@ def create_train_state(config, model, rng, *, load_backbone=True):
   if pretrained is not None:
     variables["params"], variables["batch_stats"] = checkpoints.replace_backbone(
         variables["params"], variables["batch_stats"], pretrained, config.model.backbone_checkpoint)
-  return _state(config, model, variables)
+  return make_state(config, model, variables)
+
+
+def make_state(config, model, variables):
+  """The train state holding `variables`, with the optimizer's initial state.
+
+  Compiled, not run op by op: run eagerly, the optimizer's init makes one small program per
+  parameter shape (BENCHMARKS.md, "Compiling the model's initialisation")."""
+  make = jax.jit(functools.partial(_state, config, model))
+  return make.lower(variables).compile(INIT_COMPILER_OPTIONS)(variables)
 
 
 def abstract_train_state(config, model):
