@@ -4,14 +4,25 @@ Both frameworks read these settings when they load, so a benchmark calls `cap_fr
 before it imports either, and prints `describe()` in its banner.
 """
 
+import getpass
 import os
+import tempfile
 
 
 def cap_from_argv(argv):
-  if "--isa=avx2" in argv or ("--isa", "avx2") in zip(argv, argv[1:]):
+  isa = "avx2" if "--isa=avx2" in argv or ("--isa", "avx2") in zip(argv, argv[1:]) else "native"
+  if isa == "avx2":
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+  # torch.compile's on-disk cache does not tell the two apart: a graph compiled natively
+  # (its weights packed in oneDNN's AVX-512 layout) and loaded under the AVX2 cap crashes
+  # the process with a segmentation fault. One cache per setting, unless the user chose one.
+  os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir(isa))
+
+
+def inductor_cache_dir(isa):
+  return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{isa}")
 
 
 def add_flag(parser):
@@ -22,4 +33,5 @@ def add_flag(parser):
 def describe(isa):
   return (f"isa: {isa} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
           f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
-          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')})")
+          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}, "
+          f"torch.compile cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'default')})")

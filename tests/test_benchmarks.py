@@ -1,6 +1,7 @@
 """The benchmarks still run and print what scripts read (tiny shapes; no timing asserted)."""
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,8 @@ def test_hem_layer_prints_the_summary_line_last():
   lines = out.strip().splitlines()
   # --isa avx2 caps both frameworks before they load, and the banner says so.
   assert re.search(r"isa: avx2 \(XLA_FLAGS='[^']*--xla_cpu_max_isa=AVX2', "
-                   r"ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2\)", out), out[:2000]
+                   r"ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, "
+                   r"torch.compile cache [^)]*torchinductor_\w+_avx2\)", out), out[:2000]
   assert re.fullmatch(r"summary: speedup_vs_eager=\d+\.\d\d speedup_vs_compile=\d+\.\d\d "
                       r"peak_fraction=\d+\.\d\d", lines[-1]), lines[-1]
   assert any(line.startswith("device: ") for line in lines)
@@ -32,6 +34,26 @@ def test_hem_layer_prints_the_summary_line_last():
   # The depth table: one row per T in 1, 2, 4, 8, 16, with and without remat.
   rows = [line for line in lines if re.match(r"\s*(1|2|4|8|16)\s+\d", line)]
   assert [int(r.split()[0]) for r in rows] == [1, 2, 4, 8, 16]
+
+
+def test_each_isa_setting_has_its_own_torch_compile_cache(monkeypatch):
+  """A torch.compile graph cached natively and loaded under the AVX2 cap segfaults (seen on
+  an AVX-512 EPYC): the two settings must never share inductor's cache; a user's own choice
+  is kept."""
+  from benchmarks import isa
+  dirs = {}
+  for argv in ([], ["--isa", "avx2"], ["--isa=avx2"], ["--isa", "native"]):
+    for name in ("XLA_FLAGS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                 "TORCHINDUCTOR_CACHE_DIR"):
+      monkeypatch.delenv(name, raising=False)
+    isa.cap_from_argv(argv)
+    dirs[" ".join(argv)] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+  assert dirs[""] == dirs["--isa native"]
+  assert dirs["--isa avx2"] == dirs["--isa=avx2"]
+  assert dirs[""] != dirs["--isa avx2"]
+  monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+  isa.cap_from_argv(["--isa", "avx2"])
+  assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
 
 
 def test_peak_prints_float32(optimised_xla):
