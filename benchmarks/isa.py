@@ -10,19 +10,23 @@ import tempfile
 
 
 def cap_from_argv(argv):
-  isa = "avx2" if "--isa=avx2" in argv or ("--isa", "avx2") in zip(argv, argv[1:]) else "native"
-  if isa == "avx2":
+  if "--isa=avx2" in argv or ("--isa", "avx2") in zip(argv, argv[1:]):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-  # torch.compile's on-disk cache does not tell the two apart: a graph compiled natively
-  # (its weights packed in oneDNN's AVX-512 layout) and loaded under the AVX2 cap crashes
-  # the process with a segmentation fault. One cache per setting, unless the user chose one.
-  os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir(isa))
+  # torch.compile's on-disk cache does not tell PyTorch's ISA settings apart: a graph compiled
+  # natively (its weights packed in oneDNN's AVX-512 layout) and loaded under the AVX2 cap
+  # crashes the process with a segmentation fault. One cache per setting, however it was
+  # set (--isa or the environment), unless the user chose a cache.
+  os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())
 
 
-def inductor_cache_dir(isa):
-  return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{isa}")
+def inductor_cache_dir():
+  """A torch.compile cache directory for PyTorch's ISA settings in this environment."""
+  settings = [os.environ.get(name, "").lower()
+              for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")]
+  tag = "_".join(v or "default" for v in settings) if any(settings) else "native"
+  return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{tag}")
 
 
 def add_flag(parser):

@@ -38,20 +38,24 @@ def test_hem_layer_prints_the_summary_line_last():
 
 def test_each_isa_setting_has_its_own_torch_compile_cache(monkeypatch):
   """A torch.compile graph cached natively and loaded under the AVX2 cap segfaults (seen on
-  an AVX-512 EPYC): the two settings must never share inductor's cache; a user's own choice
-  is kept."""
+  an AVX-512 EPYC): the settings must never share inductor's cache, whether the cap came
+  from --isa or from the environment; a user's own choice is kept."""
   from benchmarks import isa
+  names = ("XLA_FLAGS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "TORCHINDUCTOR_CACHE_DIR")
+  for name in names:  # recorded, so that the worker's environment is restored afterwards
+    monkeypatch.setenv(name, "")
   dirs = {}
-  for argv in ([], ["--isa", "avx2"], ["--isa=avx2"], ["--isa", "native"]):
-    for name in ("XLA_FLAGS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                 "TORCHINDUCTOR_CACHE_DIR"):
-      monkeypatch.delenv(name, raising=False)
+  for argv, env in (([], {}), (["--isa", "avx2"], {}), (["--isa=avx2"], {}),
+                    (["--isa", "native"], {}), ([], {"ATEN_CPU_CAPABILITY": "avx2"})):
+    for name in names:
+      os.environ.pop(name, None)
+    os.environ.update(env)
     isa.cap_from_argv(argv)
-    dirs[" ".join(argv)] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
-  assert dirs[""] == dirs["--isa native"]
-  assert dirs["--isa avx2"] == dirs["--isa=avx2"]
-  assert dirs[""] != dirs["--isa avx2"]
-  monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+    dirs[" ".join(argv) + str(env)] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+  assert dirs["{}"] == dirs["--isa native{}"]
+  assert dirs["--isa avx2{}"] == dirs["--isa=avx2{}"]
+  assert len({dirs["{}"], dirs["--isa avx2{}"], dirs[str({"ATEN_CPU_CAPABILITY": "avx2"})]}) == 3
+  os.environ["TORCHINDUCTOR_CACHE_DIR"] = "/somewhere/mine"
   isa.cap_from_argv(["--isa", "avx2"])
   assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
 
