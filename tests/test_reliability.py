@@ -191,14 +191,30 @@ def launch_two(workdir, logs, port, data_dir):
   launcher = subprocess.Popen(cmd, cwd=ROOT, env=env(data_dir), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
   pids, t0 = {}, time.time()
-  while len(pids) < 2:
-    assert launcher.poll() is None and time.time() - t0 < 60
-    for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
-                              text=True).stdout.split():
-      args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-      pids.update({int(a.split(b"=")[1]): int(pid) for a in args if a.startswith(b"--process_id=")})
-    time.sleep(0.1)
+  try:
+    while len(pids) < 2:
+      assert launcher.poll() is None and time.time() - t0 < 60
+      for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                text=True).stdout.split():
+        try:
+          args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # a short-lived child of the launcher, gone since pgrep listed it
+          continue
+        pids.update({int(a.split(b"=")[1]): int(pid) for a in args
+                     if a.startswith(b"--process_id=")})
+      time.sleep(0.1)
+  except BaseException:
+    stop(launcher)
+    raise
   return launcher, pids
+
+
+def stop(launcher):
+  """Kills a launcher still running and its processes (a failed test leaves no 10,000-step run)."""
+  if launcher.poll() is None:
+    subprocess.run(["pkill", "-KILL", "-P", str(launcher.pid)], check=False)
+    launcher.kill()
+    launcher.wait(timeout=60)
 
 
 def wait_for_line(log, text, launcher, timeout=400):
@@ -210,9 +226,19 @@ def wait_for_line(log, text, launcher, timeout=400):
 
 
 def test_hosts_share_a_preemption_notice_and_name_a_dead_peer(data_dir, tmp_path):
+  launchers = []
+  try:
+    _preemption_then_a_dead_peer(data_dir, tmp_path, launchers)
+  finally:
+    for launcher in launchers:
+      stop(launcher)
+
+
+def _preemption_then_a_dead_peer(data_dir, tmp_path, launchers):
   work, logs = tmp_path / "mp", tmp_path / "logs"
   # SIGTERM to process 1 alone: both save the same step and exit.
   launcher, pids = launch_two(work, logs, 12393, data_dir)
+  launchers.append(launcher)
   wait_for_line(logs / "process_0.log", "step 2/", launcher)
   os.kill(pids[1], signal.SIGTERM)
   launcher.wait(timeout=120)
@@ -224,6 +250,7 @@ def test_hosts_share_a_preemption_notice_and_name_a_dead_peer(data_dir, tmp_path
 
   # Process 1 killed: process 0 stops within the heartbeat timeout, naming it.
   launcher, pids = launch_two(work, tmp_path / "logs2", 12394, data_dir)
+  launchers.append(launcher)
   wait_for_line(tmp_path / "logs2" / "process_0.log", f"step {step + 2}/", launcher)
   os.kill(pids[1], signal.SIGKILL)
   launcher.wait(timeout=120)  # a hang fails here
