@@ -60,6 +60,29 @@ def test_each_isa_setting_has_its_own_torch_compile_cache(monkeypatch):
   assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
 
 
+def test_the_banner_says_when_the_cap_cannot_bind_xlas_matmuls(monkeypatch, tmp_path):
+  """XLA's matmul library picks AVX-512 kernels from the CPU whatever --xla_cpu_max_isa says
+  (seen with perf on an AVX-512 EPYC): under a cap below AVX-512 on such a CPU the banner
+  must say the figures are not an AVX2 machine's; on a CPU without AVX-512, or with no cap
+  or an AVX-512 cap, it says nothing."""
+  from benchmarks import isa
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with_avx512, avx2_only = tmp_path / "zen5", tmp_path / "zen2"
+  with_avx512.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n")
+  avx2_only.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nbugs\t: avx512f\n")
+  for flags, cpuinfo, warned in (
+      ("--xla_cpu_max_isa=AVX2", with_avx512, True),
+      ("--xla_foo=1 --xla_cpu_max_isa=avx2", with_avx512, True),
+      ("--xla_cpu_max_isa=AVX2", avx2_only, False),  # avx512f outside the flags line
+      ("", with_avx512, False),
+      ("--xla_cpu_max_isa=AVX512", with_avx512, False),
+      ("--xla_cpu_max_isa=AVX2", tmp_path / "missing", False)):
+    os.environ["XLA_FLAGS"] = flags
+    banner = isa.describe("avx2", cpuinfo=str(cpuinfo))
+    assert ("Not an AVX2 machine's figures" in banner) == warned, (flags, cpuinfo, banner)
+    assert (isa.caveat(str(cpuinfo)) is not None) == warned
+
+
 def test_peak_prints_float32(optimised_xla):
   out = _run("benchmarks.peak")
   assert re.search(r"float32 jnp.dot peak: [\d.]+ GFLOP/s", out), out
