@@ -67,8 +67,8 @@ def _forward(feats, mu0, num_iters, eta, temperature):
     new = (1.0 - eta) * mu + eta * m
     return new, (mu, new, gamma, norm, m)
 
-  # Unrolled: XLA then schedules one iteration's small K x C work beside the next one's GEMMs
-  # instead of ending each loop trip at a barrier; T is small (BENCHMARKS.md has the gain).
+  # Unrolled: a while loop runs its body as a separate computation, one trip at a time; straight
+  # line, XLA fuses and schedules across the iterations. T is small (BENCHMARKS.md has the gain).
   mu, (mu_prev, mus, gammas, norms, ms) = jax.lax.scan(iteration, mu0, None, length=num_iters,
                                                        unroll=True)
   x_tilde = jnp.einsum("bnk,bkc->bnc", gammas[-1], mu)  # Eq. 10
