@@ -2,14 +2,13 @@
 
   python -m hemnet_jax.main --config configs/demo.py --workdir /tmp/hemnet_demo
 
-Expected: val mIoU 76.93 % after 4,000 steps of batch 4 (71.31 % at step 2,000) and the final
-report's attention line `entropy 0.325  bases in use 3.86  distinct bases in mu0 16` (measured
-on this config at commits 647d1a7 and 96eb12f in fresh clones; the run is deterministic on one machine, and
-the figures move with the rounding of the compiled step: 76.93-77.31 % with 3.86-12.43 bases in
-use in runs that rounded differently; on a Zen 5 EPYC with AVX-512, 76.66 % with 6.94 bases in
-use, 76.91 and 77.70 % with seeds 1 and 2, and 77.80 % with 5.97 in use once the iterations were
-unrolled). About 3-8 minutes with dataset generation on a 2-core CPU: 190-333 s on that EPYC,
-306-357 s on one with AVX2 only (420-502 s in slow hours of that VM; BENCHMARKS.md, "The demo").
+Expected: val mIoU about 77 % after 4,000 steps of batch 4 and an attention line like
+`entropy 0.49  bases in use 5.97  distinct bases in mu0 16` (77.80 %, 73.87 % at step 2,000,
+at commit dde3726 on a Zen 5 EPYC). The run is deterministic on one machine; the figures move with
+the rounding of the compiled step: 75.37-77.80 % with 3.86-14.54 bases in use over seeds 0-2,
+machines and commits that round differently, all 16 bases of mu0 distinct in every run.
+About 3-8 minutes with dataset generation on a 2-core CPU: 190-333 s on that EPYC, 306-357 s on
+one with AVX2 only (420-502 s in slow hours of that VM; BENCHMARKS.md, "The demo").
 The HEM settings are the paper's (eta 0.5, T_train 3, temperature sqrt(C)) plus re-seeding of
 merged bases (hem.reseed_cosine 0.99), which keeps mu0's 16 bases distinct where the paper's
 unit ends with 2 (docs/collapse.md). `:paper` leaves the re-seeding out, `:emanet` is the EMANet
