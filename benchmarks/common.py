@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from benchmarks import isa
 from hemnet_jax.cli import host_memory
 
 
@@ -103,12 +104,7 @@ def has_fast_bf16():
   """bfloat16 matmuls are worth measuring: on GPU/TPU, and on CPUs with AVX512-BF16/AMX."""
   if jax.devices()[0].platform != "cpu":
     return True
-  try:
-    with open("/proc/cpuinfo") as f:
-      flags = f.read()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-  except OSError:
-    return False
+  return bool({"avx512_bf16", "amx_bf16"} & isa.cpu_flags())
 
 
 def gflops(x):

@@ -331,8 +331,8 @@ def main():
                                               reps=3, top=10):
       print(f"  {share:6.1%} {ms:8.1f} ms  {name}")
   if summary:
-    if isa.caveat():
-      print(isa.caveat())  # beside the figures, too
+    if note := isa.caveat():
+      print(note)  # beside the figures, too
     print("summary: " + " ".join(f"{k}={v:.2f}" for k, v in summary.items()))
 
 

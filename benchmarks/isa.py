@@ -43,20 +43,21 @@ def add_flag(parser):
                            "loads); XLA's matmuls stay AVX-512 where the CPU has it")
 
 
-def cpu_has_avx512(cpuinfo="/proc/cpuinfo"):
-  """Whether the CPU reports AVX-512 Foundation (False where /proc/cpuinfo is unreadable)."""
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+  """The CPU's feature flags, from /proc/cpuinfo's first `flags` line (none where unreadable)."""
   try:
     with open(cpuinfo) as f:
-      return re.search(r"^flags\s*:.*\bavx512f\b", f.read(), re.M) is not None
+      line = re.search(r"^flags\s*:(.*)$", f.read(), re.M)
   except OSError:
-    return False
+    return frozenset()
+  return frozenset(line.group(1).split()) if line else frozenset()
 
 
 def xla_gemms_escape_cap(cpuinfo="/proc/cpuinfo"):
   """Whether XLA_FLAGS caps XLA below AVX-512 on a CPU that has it: then XLA's own code is
   capped and its matmul library is not (module docstring)."""
   cap = re.findall(r"--xla_cpu_max_isa=(\w+)", os.environ.get("XLA_FLAGS", ""))
-  return bool(cap) and not cap[-1].upper().startswith("AVX512") and cpu_has_avx512(cpuinfo)
+  return bool(cap) and not cap[-1].upper().startswith("AVX512") and "avx512f" in cpu_flags(cpuinfo)
 
 
 def caveat(cpuinfo="/proc/cpuinfo"):

@@ -265,8 +265,8 @@ def main():
       print(f"{mode}: speedup_vs_eager={m['torch_eager'] / m['jax']:.2f} speedup_vs_compile="
             + (f"{m['torch_compile'] / m['jax']:.2f}" if "torch_compile" in m else "n/a")
             + f" mfu={m['mfu']:.3f}")
-  if isa.caveat():
-    print(isa.caveat())  # beside the figures, too
+  if note := isa.caveat():
+    print(note)  # beside the figures, too
   if "torch_eager" in r:
     print(f"summary: speedup_vs_eager={r['torch_eager'] / r['jax']:.2f} speedup_vs_compile="
           + (f"{r['torch_compile'] / r['jax']:.2f}" if "torch_compile" in r else "n/a")
