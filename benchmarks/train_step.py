@@ -5,6 +5,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step --crop 513 --batch 16 --dtype bfloat16   # the paper's (accelerator)
   python -m benchmarks.train_step --ablation --modes hemnet   # each CPU choice undone in turn
   python -m benchmarks.train_step --ablation --with_torch     # the same, beside PyTorch's steps
+  python -m benchmarks.train_step --ablation --copies 3       # each variant compiled 3 times
   python -m benchmarks.train_step --ablation --config configs/demo.py   # the same, the demo's model
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
@@ -137,16 +138,22 @@ ABLATIONS = {
 
 
 def ablation(args, config, mode, with_torch):
-  """{name: median seconds} of our step as it is and with each ABLATIONS entry undone,
-  interleaved in one process (each variant compiled with its own trace); with_torch:
-  PyTorch's steps in the same rounds."""
-  calls = {"as it is": step_call(compile_step(config))}
-  for name, patch in ABLATIONS.items():
-    with patch():
-      calls[name] = step_call(compile_step(config))
+  """{name: (mean seconds, spread)} of our step as it is and with each ABLATIONS entry
+  undone, each compiled `args.copies` times from its own trace (in the order A B C .. A B C),
+  all interleaved in one process (common.over_copies); with_torch: PyTorch's steps in the
+  same rounds, as (median seconds, 0.0)."""
+  calls = {}
+  for i in range(args.copies):
+    calls[("as it is", i)] = step_call(compile_step(config))
+    for name, patch in ABLATIONS.items():
+      with patch():
+        calls[(name, i)] = step_call(compile_step(config))
   if with_torch:
-    return torch_comparison(args, mode, calls)
-  return common.interleaved(calls, reps=1, rounds=args.steps)
+    times = torch_comparison(args, mode, calls)
+  else:
+    times = common.interleaved(calls, reps=1, rounds=args.steps)
+  ours = common.over_copies({k: t for k, t in times.items() if isinstance(k, tuple)}, args.copies)
+  return {**ours, **{k: (t, 0.0) for k, t in times.items() if not isinstance(k, tuple)}}
 
 
 def torch_comparison(args, mode, jax_calls):
@@ -182,6 +189,9 @@ def main():
   parser.add_argument("--ablation", action="store_true",
                       help="ours as it is and with each CPU choice undone, interleaved (alone, "
                            "aux head on, unless --with_torch)")
+  parser.add_argument("--copies", type=int, default=1,
+                      help="with --ablation: compile each variant this many times and report "
+                           "the mean, and how far apart its copies ran")
   parser.add_argument("--with_torch", action="store_true",
                       help="with --ablation: PyTorch's steps in the same rounds (no aux head)")
   parser.add_argument("--config", default=None,
@@ -199,6 +209,9 @@ def main():
     args.batch = args.batch or (16 if accel else 2)
   if args.with_torch and not args.ablation:
     parser.error("--with_torch goes with --ablation (without it PyTorch runs unless --no_torch)")
+  if args.copies < 1 or (args.copies > 1 and not args.ablation):
+    parser.error(f"--copies {args.copies}: a count of at least 1, and more than 1 only with "
+                 "--ablation")
   with_torch = (not (args.no_torch or accel or args.config)
                 and (args.with_torch or not args.ablation))
 
@@ -221,11 +234,14 @@ def main():
           flush=True)
     if args.ablation:
       times = ablation(args, config, mode, with_torch)
-      for name, t in times.items():
-        print(f"  {name}: {t * 1e3:.1f} ms ({t / times['as it is']:.2f}x the time as it is)")
+      base = times["as it is"][0]
+      for name, (t, spread) in times.items():
+        copies = (f"; its {args.copies} compiles {spread:.1%} apart"
+                  if args.copies > 1 and name not in ("torch_eager", "torch_compile") else "")
+        print(f"  {name}: {t * 1e3:.1f} ms ({t / base:.2f}x the time as it is{copies})")
       for name in ("torch_eager", "torch_compile"):
         if name in times:
-          print(f"  {name}: " + ", ".join(f"{ours} {times[name] / times[ours]:.2f}x"
+          print(f"  {name}: " + ", ".join(f"{ours} {times[name][0] / times[ours][0]:.2f}x"
                                           for ours in ("as it is", *ABLATIONS)))
       continue
     bench = compile_step(config, donate=not args.no_donate)

@@ -328,9 +328,23 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
   close(updates[BASES]["mu0"], unit.mu[0].T.numpy())
 
 
-def test_train_step_names_a_flag_that_needs_another():
-  """--with_torch belongs to --ablation; alone it is a one-line usage error, before any work."""
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--with_torch"], cwd=ROOT,
+@pytest.mark.parametrize("flags,message", [
+    (["--with_torch"], "--with_torch goes with --ablation"),
+    (["--copies", "3"], "--copies 3: a count of at least 1, and more than 1 only with --ablation"),
+    (["--ablation", "--copies", "0"], "--copies 0: a count of at least 1")])
+def test_train_step_names_a_flag_that_needs_another(flags, message):
+  """--with_torch and --copies belong to --ablation; alone, or --copies under 1, is a
+  one-line usage error, before any work."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2
-  assert "--with_torch goes with --ablation" in proc.stderr.strip().splitlines()[-1]
+  assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_over_copies_averages_each_variants_compiles_and_says_how_far_apart_they_ran():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  times = {("as it is", 0): 1.00, ("undone", 0): 1.30, ("as it is", 1): 1.10, ("undone", 1): 1.20}
+  out = common.over_copies(times, copies=2)
+  assert list(out) == ["as it is", "undone"]
+  assert out["as it is"][0] == pytest.approx(1.05) and out["as it is"][1] == pytest.approx(0.10)
+  assert out["undone"][0] == pytest.approx(1.25) and out["undone"][1] == pytest.approx(1.30 / 1.20 - 1)
