@@ -81,18 +81,17 @@ def interleaved(fns, reps, rounds, sync=None):
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def over_copies(times, copies):
+def over_copies(times):
   """{name: (mean seconds, spread)} from `interleaved` times keyed (name, copy index).
 
   Two compiles of one program, each with its own buffers, can run a few percent apart
   on a shared machine (BENCHMARKS.md), so an A/B of a small change compiles each variant
   several times; spread is the slowest copy over the fastest, minus 1.
   """
-  out = {}
-  for name in dict.fromkeys(n for n, _ in times):
-    ts = [times[(name, i)] for i in range(copies)]
-    out[name] = (statistics.mean(ts), max(ts) / min(ts) - 1.0)
-  return out
+  groups = {}
+  for (name, _), t in times.items():
+    groups.setdefault(name, []).append(t)
+  return {name: (statistics.mean(ts), max(ts) / min(ts) - 1.0) for name, ts in groups.items()}
 
 
 def matmul_peak(dtype=jnp.float32, sizes=(1024, 2048, 4096), reps=5):

@@ -152,7 +152,7 @@ def ablation(args, config, mode, with_torch):
     times = torch_comparison(args, mode, calls)
   else:
     times = common.interleaved(calls, reps=1, rounds=args.steps)
-  ours = common.over_copies({k: t for k, t in times.items() if isinstance(k, tuple)}, args.copies)
+  ours = common.over_copies({k: t for k, t in times.items() if isinstance(k, tuple)})
   return {**ours, **{k: (t, 0.0) for k, t in times.items() if not isinstance(k, tuple)}}
 
 

@@ -344,7 +344,7 @@ def test_train_step_names_a_flag_that_needs_another(flags, message):
 def test_over_copies_averages_each_variants_compiles_and_says_how_far_apart_they_ran():
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   times = {("as it is", 0): 1.00, ("undone", 0): 1.30, ("as it is", 1): 1.10, ("undone", 1): 1.20}
-  out = common.over_copies(times, copies=2)
+  out = common.over_copies(times)
   assert list(out) == ["as it is", "undone"]
   assert out["as it is"][0] == pytest.approx(1.05) and out["as it is"][1] == pytest.approx(0.10)
   assert out["undone"][0] == pytest.approx(1.25) and out["undone"][1] == pytest.approx(1.30 / 1.20 - 1)
