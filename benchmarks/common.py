@@ -43,8 +43,7 @@ def banner():
            f"versions: python {platform.python_version()}, jax {jax.__version__}, "
            f"jaxlib {jaxlib.__version__}, "
            f"numpy {np.__version__}",
-           "host malloc: " + ("freed memory kept" if host_memory.ACTIVE else "glibc's default")
-           + f" ({host_memory.REASON}; hemnet_jax/cli/host_memory.py)"]
+           f"host malloc: {host_memory.allocator()} (hemnet_jax/cli/host_memory.py)"]
   return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ if "--smoke" in sys.argv[1:]:
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads (CPU only).
-host_memory.reuse_freed_memory()
+host_memory.set_up(restart=__name__ == "__main__")
 
 import jax
 import jax.numpy as jnp

@@ -42,7 +42,7 @@ isa.cap_from_argv(sys.argv[1:])  # before JAX or PyTorch loads
 from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
-host_memory.reuse_freed_memory()
+host_memory.set_up(restart=__name__ == "__main__")
 
 import jax
 import jax.numpy as jnp

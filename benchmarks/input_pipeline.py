@@ -22,7 +22,7 @@ import time
 from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
-host_memory.reuse_freed_memory()
+host_memory.set_up(restart=__name__ == "__main__")
 
 import ml_collections
 import numpy as np

@@ -9,7 +9,7 @@ fraction of it (`benchmarks.common.matmul_peak`); this script prints it alone.
 from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
-host_memory.reuse_freed_memory()
+host_memory.set_up(restart=__name__ == "__main__")
 
 import jax.numpy as jnp
 

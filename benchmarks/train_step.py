@@ -40,7 +40,7 @@ from unittest import mock
 from hemnet_jax.cli import host_memory
 
 # As training runs (hemnet_jax/main.py): set before JAX starts its threads.
-host_memory.reuse_freed_memory()
+host_memory.set_up(restart=__name__ == "__main__")
 
 import jax
 import jax.numpy as jnp

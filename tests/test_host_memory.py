@@ -128,3 +128,84 @@ def test_plugins_are_found_by_their_package_names(monkeypatch, tmp_path):
   found = dict(host_memory.accelerator_plugins())
   expected = {"jax_cuda12_plugin": "cuda", "jax_rocm60_plugin": "rocm", "libtpu": "tpu"}
   assert {k: found.get(k) for k in expected} == expected and "unrelated" not in found
+
+
+# A program's set-up in a fresh process; prints what it ended up with. Run as
+# `python -c _PROGRAM a b`, so that a restart must carry the arguments over.
+_PROGRAM = r"""
+import json, os, sys
+from hemnet_jax.cli import host_memory
+host_memory.set_up(restart=True)
+print(json.dumps({"preload": os.environ.get("LD_PRELOAD"), "chosen": host_memory.preloaded_allocator(),
+                  "banner": host_memory.allocator(), "kept": host_memory.ACTIVE, "argv": sys.argv[1:]}))
+"""
+
+
+def _program(**env):
+  env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env}
+  return subprocess.run([sys.executable, "-c", _PROGRAM, "a", "b"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def _unloaded_system_library():
+  """A path to a library that a bare Python has not loaded, harmless to preload: glibc's
+  libanl (asynchronous name lookup), which every glibc system has."""
+  import ctypes.util
+  name = ctypes.util.find_library("anl")
+  assert name, "glibc's libanl not found"
+  ctypes.CDLL(name)
+  with open("/proc/self/maps") as f:
+    return next(line.split()[-1] for line in f if f"/{name}" in line)
+
+
+def test_a_program_restarts_once_with_the_chosen_allocator_preloaded():
+  if not _has_glibc():
+    return  # LD_PRELOAD and /proc/self/maps are what is tested
+  lib = _unloaded_system_library()
+  proc = _program(HEMNET_ALLOCATOR=lib, JAX_PLATFORMS="cpu")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1, lines  # the first process printed nothing: it was replaced
+  out = json.loads(lines[0])
+  assert out["preload"] == lib and out["chosen"] == lib, out
+  assert out["banner"] == f"{lib} preloaded", out  # and it is mapped in the new process
+  assert out["argv"] == ["a", "b"] and out["kept"] is False, out  # glibc's malloc left alone
+
+
+def test_no_restart_for_glibc_or_where_an_accelerator_trains():
+  for env in ({"HEMNET_ALLOCATOR": "glibc", "JAX_PLATFORMS": "cpu"},
+              {"HEMNET_REUSE_HOST_MEMORY": "0", "JAX_PLATFORMS": "cpu"},
+              {"JAX_PLATFORMS": "cuda"}):
+    proc = _program(**env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["preload"] is None and out["chosen"] is None, (env, out)
+
+
+def test_a_missing_allocator_file_is_a_one_line_error():
+  proc = _program(HEMNET_ALLOCATOR="/no/such/libjemalloc.so.2", JAX_PLATFORMS="cpu")
+  assert proc.returncode == 1 and proc.stdout == "", proc
+  assert proc.stderr.strip().splitlines() == [
+      "error: HEMNET_ALLOCATOR=/no/such/libjemalloc.so.2: no such file (a shared library to "
+      "preload, or 'auto', or 'glibc')"]
+
+
+def test_the_allocator_is_chosen_from_what_is_installed(monkeypatch):
+  for var in ("HEMNET_ALLOCATOR", "HEMNET_REUSE_HOST_MEMORY", "MALLOC_CONF"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  installed = {"jemalloc": "libjemalloc.so.2"}
+  find = installed.get
+  lib, env, why = host_memory.choose_allocator(find)  # told to keep freed pages
+  assert (lib, why) == ("libjemalloc.so.2", "jemalloc is installed")
+  assert env == {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+  monkeypatch.setenv("MALLOC_CONF", "narenas:2")  # the user's own settings win
+  assert host_memory.choose_allocator(find)[:2] == ("libjemalloc.so.2", {})
+  installed["tcmalloc_minimal"] = "libtcmalloc_minimal.so.4"  # preferred
+  assert host_memory.choose_allocator(find) == ("libtcmalloc_minimal.so.4", {}, "tcmalloc is installed")
+  assert host_memory.choose_allocator({}.get)[0] is None  # none installed: glibc
+  monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+  assert host_memory.choose_allocator(find)[0] is None
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("HEMNET_ALLOCATOR", "glibc")
+  assert host_memory.choose_allocator(find)[0] is None

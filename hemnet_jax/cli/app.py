@@ -45,7 +45,7 @@ def run(argv, work):
 def start(work):
   """Runs a program: host set-up, flag parsing, then work(flags.FLAGS) inside `run`;
   its return value (None or an int) is the exit status."""
-  host_memory.reuse_freed_memory()  # before XLA's first computation (see host_memory.py)
+  host_memory.set_up(restart=True)  # before XLA's first computation (see host_memory.py)
   sys.unraisablehook = _quiet_abandoned_checkpoint_io
 
   def main(argv):

@@ -15,9 +15,17 @@ the freed one. Set HEMNET_REUSE_HOST_MEMORY=0 to leave glibc as it is. Without g
 It acts only where the CPU is the backend that trains: on a GPU or TPU host XLA's scratch
 buffers are device memory, and one malloc arena would only slow the input pipeline's
 threads. That is decided from the environment, before JAX is imported (`cpu_trains`).
+
+Better still is an allocator with per-thread caches for large blocks. XLA:CPU's GEMM
+library allocates thousands of 64-512 KiB packing buffers per train step from its worker
+threads; with glibc's one arena they queue on its lock and search its fragmented heap.
+Where tcmalloc or jemalloc is installed (Debian: libtcmalloc-minimal4, libjemalloc2), a
+program restarts itself once with it preloaded (`preload_allocator`, before anything else);
+HEMNET_ALLOCATOR=glibc keeps glibc, HEMNET_ALLOCATOR=/path/lib.so names another.
 """
 
 import ctypes
+import ctypes.util
 import glob
 import importlib.metadata
 import importlib.util
@@ -36,6 +44,15 @@ _DEVICE_FILES = {"cuda": ("/dev/nvidia[0-9]*",), "rocm": ("/dev/kfd",),
 
 ACTIVE = False  # whether reuse_freed_memory() took effect in this process
 REASON = "reuse_freed_memory() not called"  # why ACTIVE is what it is (benchmark banners)
+
+# Allocators to preload, in order of preference: (name, ctypes.util.find_library name,
+# environment it runs with unless the user set that variable). tcmalloc first: jemalloc
+# held more memory for the same speed (BENCHMARKS.md), and by default hands freed pages back
+# to the system after 10 s, which would fault the step's scratch buffer in again.
+ALLOCATORS = (("tcmalloc", "tcmalloc_minimal", {}),
+              ("tcmalloc", "tcmalloc", {}),
+              ("jemalloc", "jemalloc", {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}))
+_PRELOADED = "HEMNET_ALLOCATOR_PRELOADED"  # set on the restart: never restart twice
 
 
 def accelerator_plugins():
@@ -80,6 +97,90 @@ def cpu_trains():
   return True, "no accelerator runtime with its device"
 
 
+def preloaded_allocator():
+  """The allocator this process was restarted with (a library path or name), or None."""
+  return os.environ.get(_PRELOADED) or None
+
+
+def choose_allocator(find=ctypes.util.find_library):
+  """(library to preload or None, environment to add, why), from HEMNET_ALLOCATOR and what
+  is installed; the library is a path or a name the dynamic loader resolves."""
+  wanted = os.environ.get("HEMNET_ALLOCATOR", "auto").strip() or "auto"
+  if wanted == "glibc" or os.environ.get("HEMNET_REUSE_HOST_MEMORY", "1") == "0":
+    return None, {}, ("HEMNET_ALLOCATOR=glibc" if wanted == "glibc" else "HEMNET_REUSE_HOST_MEMORY=0")
+  if wanted != "auto":
+    if not os.path.isfile(wanted):
+      raise FileNotFoundError(f"HEMNET_ALLOCATOR={wanted}: no such file (a shared library to "
+                              "preload, or 'auto', or 'glibc')")
+    return wanted, {}, f"HEMNET_ALLOCATOR={wanted}"
+  cpu, why = cpu_trains()
+  if not cpu:
+    return None, {}, f"an accelerator trains ({why})"
+  if not sys.platform.startswith("linux"):
+    return None, {}, "not Linux"
+  for name, lib, env in ALLOCATORS:
+    found = find(lib)
+    if found:
+      return found, {k: v for k, v in env.items() if k not in os.environ}, f"{name} is installed"
+  return None, {}, "neither tcmalloc nor jemalloc is installed"
+
+
+def preload_allocator():
+  """Restart this program with a faster allocator preloaded, where one is chosen
+  (`choose_allocator`) and not yet loaded; returns otherwise (at once after the restart).
+
+  Call it first thing in a program's entry point, never from library code: the process
+  is replaced (os.execve, same arguments, same pid).
+  """
+  if preloaded_allocator():
+    return
+  lib, env, _ = choose_allocator()
+  if lib is None or _loaded(lib):  # none chosen, or the user preloaded it already
+    return
+  preload = os.environ.get("LD_PRELOAD", "")
+  env = {**os.environ, **env, _PRELOADED: lib,
+         "LD_PRELOAD": f"{lib}:{preload}" if preload else lib}
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def allocator():
+  """The host allocator in words, for benchmark banners."""
+  lib = preloaded_allocator()
+  if lib:
+    return f"{lib} preloaded" + ("" if _loaded(lib) else ", but not loaded")
+  try:
+    why = choose_allocator()[2]
+  except FileNotFoundError as e:
+    why = str(e)
+  return (("glibc, freed memory kept" if ACTIVE else "glibc's default")
+          + f" ({REASON}); no allocator preloaded: {why}")
+
+
+def set_up(restart):
+  """A program's host set-up, before JAX starts: `preload_allocator` if restart (a program's
+  entry point), then `reuse_freed_memory`. A HEMNET_ALLOCATOR that names no file ends the
+  process with one error line."""
+  if restart:
+    try:
+      preload_allocator()
+    except FileNotFoundError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
+  reuse_freed_memory()
+
+
+def _loaded(lib):
+  """Whether the shared library `lib` (a path or a name) is mapped into this process."""
+  stem = os.path.basename(lib).split(".so")[0]
+  try:
+    with open("/proc/self/maps") as f:
+      return f"/{stem}.so" in f.read()
+  except OSError:
+    return False
+
+
 def reuse_freed_memory():
   """Tell glibc's malloc to keep large freed blocks, where the CPU trains; True if it took effect.
 
@@ -87,6 +188,9 @@ def reuse_freed_memory():
   already have their own malloc arena keep mmapping their large blocks.
   """
   global ACTIVE, REASON
+  if preloaded_allocator():
+    REASON = f"{preloaded_allocator()} preloaded: glibc's malloc is not the one in use"
+    return False
   if os.environ.get("HEMNET_REUSE_HOST_MEMORY", "1") == "0":
     REASON = "HEMNET_REUSE_HOST_MEMORY=0"
     return False
