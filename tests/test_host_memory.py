@@ -209,3 +209,23 @@ def test_the_allocator_is_chosen_from_what_is_installed(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("HEMNET_ALLOCATOR", "glibc")
   assert host_memory.choose_allocator(find)[0] is None
+
+
+def test_the_restart_adds_the_allocator_to_ld_preload_unless_one_is_loaded(monkeypatch):
+  for var in ("HEMNET_ALLOCATOR", "HEMNET_REUSE_HOST_MEMORY", "HEMNET_ALLOCATOR_PRELOADED"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("LD_PRELOAD", "libmine.so")
+  calls = []
+  monkeypatch.setattr(host_memory.os, "execve", lambda *a: calls.append(a))
+  find = {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"}.get
+  monkeypatch.setattr(host_memory, "loaded_allocator", lambda: None)
+  host_memory.preload_allocator(find)
+  (path, argv, env), = calls
+  assert path == sys.executable and argv[0] == sys.executable
+  assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4:libmine.so"  # the user's kept, after
+  assert env["HEMNET_ALLOCATOR_PRELOADED"] == "libtcmalloc_minimal.so.4"
+  calls.clear()
+  monkeypatch.setattr(host_memory, "loaded_allocator", lambda: "jemalloc")  # the user's choice
+  host_memory.preload_allocator(find)
+  assert calls == []

@@ -102,6 +102,17 @@ def preloaded_allocator():
   return os.environ.get(_PRELOADED) or None
 
 
+def loaded_allocator():
+  """The name of a known allocator mapped into this process (one the user preloaded, or
+  ours after the restart), or None."""
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:
+    return None
+  return next((name for name, lib, _ in ALLOCATORS if f"/lib{lib}.so" in maps), None)
+
+
 def choose_allocator(find=ctypes.util.find_library):
   """(library to preload or None, environment to add, why), from HEMNET_ALLOCATOR and what
   is installed; the library is a path or a name the dynamic loader resolves."""
@@ -125,18 +136,19 @@ def choose_allocator(find=ctypes.util.find_library):
   return None, {}, "neither tcmalloc nor jemalloc is installed"
 
 
-def preload_allocator():
+def preload_allocator(find=ctypes.util.find_library):
   """Restart this program with a faster allocator preloaded, where one is chosen
   (`choose_allocator`) and not yet loaded; returns otherwise (at once after the restart).
 
   Call it first thing in a program's entry point, never from library code: the process
   is replaced (os.execve, same arguments, same pid).
   """
-  if preloaded_allocator():
+  if preloaded_allocator() or not sys.executable:
     return
-  lib, env, _ = choose_allocator()
-  if lib is None or _loaded(lib):  # none chosen, or the user preloaded it already
-    return
+  lib, env, _ = choose_allocator(find)
+  if lib is None or _loaded(lib) or (os.environ.get("HEMNET_ALLOCATOR", "auto") == "auto"
+                                     and loaded_allocator()):
+    return  # none chosen, or the user preloaded it (or another) already
   preload = os.environ.get("LD_PRELOAD", "")
   env = {**os.environ, **env, _PRELOADED: lib,
          "LD_PRELOAD": f"{lib}:{preload}" if preload else lib}
@@ -150,6 +162,8 @@ def allocator():
   lib = preloaded_allocator()
   if lib:
     return f"{lib} preloaded" + ("" if _loaded(lib) else ", but not loaded")
+  if loaded_allocator():
+    return f"{loaded_allocator()}, preloaded by the user"
   try:
     why = choose_allocator()[2]
   except FileNotFoundError as e:
@@ -188,8 +202,8 @@ def reuse_freed_memory():
   already have their own malloc arena keep mmapping their large blocks.
   """
   global ACTIVE, REASON
-  if preloaded_allocator():
-    REASON = f"{preloaded_allocator()} preloaded: glibc's malloc is not the one in use"
+  if preloaded_allocator() or loaded_allocator():
+    REASON = "another allocator is preloaded: glibc's malloc is not the one in use"
     return False
   if os.environ.get("HEMNET_REUSE_HOST_MEMORY", "1") == "0":
     REASON = "HEMNET_REUSE_HOST_MEMORY=0"
