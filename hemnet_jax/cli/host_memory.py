@@ -105,12 +105,7 @@ def preloaded_allocator():
 def loaded_allocator():
   """The name of a known allocator mapped into this process (one the user preloaded, or
   ours after the restart), or None."""
-  try:
-    with open("/proc/self/maps") as f:
-      maps = f.read()
-  except OSError:
-    return None
-  return next((name for name, lib, _ in ALLOCATORS if f"/lib{lib}.so" in maps), None)
+  return next((name for name, lib, _ in ALLOCATORS if _loaded(f"lib{lib}.so")), None)
 
 
 def choose_allocator(find=ctypes.util.find_library):
@@ -190,7 +185,7 @@ def _loaded(lib):
   stem = os.path.basename(lib).split(".so")[0]
   try:
     with open("/proc/self/maps") as f:
-      return f"/{stem}.so" in f.read()
+      return any(f"/{stem}.so" in line for line in f)
   except OSError:
     return False
 
