@@ -134,7 +134,30 @@ ABLATIONS = {
         lambda: mock.patch.object(layers, "row_major_weight_grads", lambda: False),
     "padding taps multiplied (im2col where they dominate, no per-tap GEMMs)":
         lambda: mock.patch.object(layers, "SHIFTED_GEMMS_FROM_PADDING", 2.0),
+    "3x3 weight gradients as XLA lays them out (cols^T dy)":
+        lambda: mock.patch.object(layers, "_weight_grad", lambda cols, d_y: jnp.dot(cols.T, d_y)),
+    "col2im spreading all taps at once (not row by row)":
+        lambda: mock.patch.object(layers, "_col2im", _col2im_all_taps),
 }
+
+
+def _col2im_all_taps(d_cols, x_shape, kernel, strides, dilation, padding):
+  """layers._col2im as it was: every tap spread over the whole map, then added."""
+  (pt, pb), (pl, pr) = padding
+  b, h, w, c = x_shape
+  ho, wo = d_cols.shape[1:3]
+  d_cols = d_cols.reshape(b, ho, wo, kernel[0] * kernel[1], c)
+  d_x = None
+  for k in range(kernel[0] * kernel[1]):
+    i, j = divmod(k, kernel[1])
+    top, left = i * dilation[0], j * dilation[1]
+    bottom = h + pt + pb - top - (ho - 1) * strides[0] - 1
+    right = w + pl + pr - left - (wo - 1) * strides[1] - 1
+    tap = jax.lax.pad(d_cols[:, :, :, k], jnp.zeros((), d_cols.dtype),
+                      ((0, 0, 0), (top, bottom, strides[0] - 1), (left, right, strides[1] - 1),
+                       (0, 0, 0)))
+    d_x = tap if d_x is None else d_x + tap
+  return d_x[:, pt:pt + h, pl:pl + w]
 
 
 def ablation(args, config, mode, with_torch):

@@ -46,6 +46,21 @@ def test_conv_as_gemm_equals_xla_convolution_in_float64(kernel, stride, dilation
     assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
 
 
+@pytest.mark.parametrize("strides,dilation,padding", [
+    ((1, 1), (1, 1), ((1, 1), (1, 1))), ((2, 2), (1, 1), ((1, 1), (1, 1))),
+    ((1, 1), (2, 4), ((2, 2), (4, 4))), ((2, 1), (1, 3), ((3, 0), (0, 2)))])
+def test_col2im_is_the_adjoint_of_im2col(strides, dilation, padding):
+  """<im2col(x), c> = <x, col2im(c)> for any c (float64): the input gradient of every
+  conv_as_gemm, uneven padding and unequal strides and dilations included."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, 11, 10, 3), jnp.float64)
+    cols, (ho, wo) = layers._im2col(x, (3, 3), strides, dilation, padding)
+    c = jax.random.normal(jax.random.key(1), cols.shape, jnp.float64)
+    back = layers._col2im(c.reshape(2, ho, wo, -1), x.shape, (3, 3), strides, dilation, padding)
+    assert back.shape == x.shape
+    np.testing.assert_allclose(jnp.vdot(cols, c), jnp.vdot(x, back), rtol=1e-12)
+
+
 # (map side, dilation, padding): stage 4's last block at crop 129 (17 x 17, dilation 16: 86 %
 # of the taps read padding), a map smaller than the dilation (eight taps read nothing but
 # padding), dilation 4 with PyTorch's padding, uneven padding, and a wide map with dilation 1
@@ -156,9 +171,10 @@ def _pixel_contracting_dots(compiled_text, layers_named):
                     + "|".join(layers_named) + ")/", compiled_text)
 
 
-def test_1x1_weight_gradients_are_row_major_gemms_on_the_cpu(monkeypatch):
-  """A bottleneck block's 1x1 convs (layers.pointwise by default on the CPU): their weight
-  gradients contract an explicit x^T, not the pixel axis of x and dy as XLA lays it out."""
+def test_weight_gradients_are_row_major_gemms_on_the_cpu(monkeypatch):
+  """A bottleneck block's 1x1 convs (layers.pointwise by default on the CPU) and its 3x3
+  (conv_as_gemm's backward): their weight gradients contract an explicit transpose, not the
+  pixel axis of both operands as XLA lays it out."""
   norm = functools.partial(nn.BatchNorm, use_running_average=False)
   block = resnet.Bottleneck(planes=8, norm=norm)
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 32))  # 32 = 4 * 8: no downsample
@@ -171,8 +187,12 @@ def test_1x1_weight_gradients_are_row_major_gemms_on_the_cpu(monkeypatch):
     return jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
 
   assert layers.row_major_weight_grads() == (jax.default_backend() == "cpu")
-  assert not _pixel_contracting_dots(compiled_grad(), ("conv1", "conv3", "downsample_conv"))
-  monkeypatch.setattr(layers, "row_major_weight_grads", lambda: False)  # as XLA lays it out
+  assert not _pixel_contracting_dots(compiled_grad(),
+                                     ("conv1", "conv2", "conv3", "downsample_conv"))
+  # As XLA lays them out: one such dot per convolution.
+  monkeypatch.setattr(layers, "_weight_grad", lambda cols, d_y: jnp.dot(cols.T, d_y))
+  assert len(_pixel_contracting_dots(compiled_grad(), ("conv2",))) == 1
+  monkeypatch.setattr(layers, "row_major_weight_grads", lambda: False)
   assert len(_pixel_contracting_dots(compiled_grad(), ("conv1", "conv3"))) == 2
 
 

@@ -95,22 +95,48 @@ def _im2col(x, kernel, strides, dilation, padding):
 
 
 def _col2im(d_cols, x_shape, kernel, strides, dilation, padding):
-  """The adjoint of _im2col: each tap's gradient, spread back (strides as interior padding)."""
+  """The adjoint of _im2col: each tap's gradient, spread back (strides as interior padding).
+
+  Separably: the taps of each kernel row are spread along the width and added, then the
+  kernel rows along the height. Spreading all kh * kw taps over the whole map at once
+  evaluates kh * kw padded reads per output element in one fusion, which XLA:CPU runs
+  far slower (BENCHMARKS.md).
+  """
   (pt, pb), (pl, pr) = padding
   b, h, w, c = x_shape
+  kh, kw = kernel
   ho, wo = d_cols.shape[1:3]
-  d_cols = d_cols.reshape(b, ho, wo, kernel[0] * kernel[1], c)
+  d_cols = d_cols.reshape(b, ho, wo, kh, kw, c)
   zero = jnp.zeros((), d_cols.dtype)
+
+  def spread(t, axis, start, size, stride):  # t's rows at start, start + stride, ...
+    pads = [(0, 0, 0)] * 4
+    end = size - start - (t.shape[axis] - 1) * stride - 1
+    pads[axis] = (start, end, stride - 1)
+    return lax.pad(t, zero, pads)
+
   d_x = None
-  for k in range(kernel[0] * kernel[1]):
-    i, j = divmod(k, kernel[1])
-    top, left = i * dilation[0], j * dilation[1]
-    bottom = h + pt + pb - top - (ho - 1) * strides[0] - 1
-    right = w + pl + pr - left - (wo - 1) * strides[1] - 1
-    tap = lax.pad(d_cols[:, :, :, k], zero, ((0, 0, 0), (top, bottom, strides[0] - 1),
-                                             (left, right, strides[1] - 1), (0, 0, 0)))
-    d_x = tap if d_x is None else d_x + tap
+  for i in range(kh):
+    row = None
+    for j in range(kw):
+      tap = spread(d_cols[:, :, :, i, j], 2, j * dilation[1], w + pl + pr, strides[1])
+      row = tap if row is None else row + tap
+    row = spread(row, 1, i * dilation[0], h + pt + pb, strides[0])
+    d_x = row if d_x is None else d_x + row
   return d_x[:, pt:pt + h, pl:pl + w]
+
+
+def _weight_grad(cols, d_y):
+  """cols^T d_y: the weight gradient of a GEMM over windows (cols [pixels, k], d_y [pixels, n]).
+
+  That dot contracts the major (pixel) axis of both operands, which XLA:CPU runs as an
+  Eigen contraction outside its GEMM fusions, asynchronously, on threads that then compete
+  with the GEMMs running beside it. Formed as (d_y^T cols)^T instead, it is a row-major
+  GEMM whose only extra copy is d_y^T (n x pixels, the narrow side); the barriers keep XLA
+  from folding the transposes back into the dot (BENCHMARKS.md).
+  """
+  d_y_t = lax.optimization_barrier(d_y.T)
+  return lax.optimization_barrier(jnp.dot(d_y_t, cols)).T
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -138,7 +164,7 @@ def _conv_as_gemm_bwd(strides, dilation, padding, saved, d_y):
   # would hold kh * kw times the input per layer until the backward reaches it.
   cols, _ = _im2col(x, (kh, kw), strides, dilation, padding)
   d_y2 = d_y.reshape(-1, c_out)
-  d_w = jnp.dot(cols.T, d_y2).reshape(w.shape).astype(w.dtype)
+  d_w = _weight_grad(cols, d_y2).reshape(w.shape).astype(w.dtype)
   d_cols = jnp.dot(d_y2, w.reshape(-1, c_out).T.astype(d_y2.dtype))
   d_x = _col2im(d_cols.reshape(*d_y.shape[:3], -1), x.shape, (kh, kw), strides, dilation, padding)
   return d_x.astype(x.dtype), d_w
