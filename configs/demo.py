@@ -2,12 +2,13 @@
 
   python -m hemnet_jax.main --config configs/demo.py --workdir /tmp/hemnet_demo
 
-Expected: val mIoU about 77 % after 4,000 steps of batch 4 and an attention line like
-`entropy 0.49  bases in use 5.97  distinct bases in mu0 16` (77.80 %, 73.87 % at step 2,000,
-at commit dde3726 on a Zen 5 EPYC). The run is deterministic on one machine; the figures move with
-the rounding of the compiled step: 75.37-77.80 % with 3.86-14.54 bases in use over seeds 0-2,
-machines and commits that round differently, all 16 bases of mu0 distinct in every run.
-About 3-8 minutes with dataset generation on a 2-core CPU: 190-333 s on that EPYC, 306-357 s on
+Expected: val mIoU about 76-77 % after 4,000 steps of batch 4 and an attention line like
+`entropy 0.28  bases in use 3.34  distinct bases in mu0 16` (75.76 %, 64.36 % at step 2,000,
+at commit ef83240 on a Zen 5 EPYC; seeds 1 and 2 there: 77.40 % and 76.99 %, 4.70 and 6.28 bases
+in use). The run is deterministic on one machine; the figures move with the rounding of the
+compiled step: 75.37-77.80 % with 3.34-14.54 bases in use over seeds 0-2, machines and commits
+that round differently, all 16 bases of mu0 distinct in every run.
+About 3-8 minutes with dataset generation on a 2-core CPU: 146-333 s on that EPYC, 306-357 s on
 one with AVX2 only (420-502 s in slow hours of that VM; BENCHMARKS.md, "The demo").
 The HEM settings are the paper's (eta 0.5, T_train 3, temperature sqrt(C)) plus re-seeding of
 merged bases (hem.reseed_cosine 0.99), which keeps mu0's 16 bases distinct where the paper's
