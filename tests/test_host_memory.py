@@ -231,3 +231,6 @@ def test_the_restart_adds_the_allocator_to_ld_preload_unless_one_is_loaded(monke
   monkeypatch.setattr(host_memory, "loaded_allocator", lambda: "jemalloc")  # the user's choice
   host_memory.preload_allocator(find)
   assert calls == []
+  monkeypatch.setenv("HEMNET_ALLOCATOR", "")  # empty: auto, as unset
+  host_memory.preload_allocator(find)
+  assert calls == []

@@ -17,8 +17,9 @@ buffers are device memory, and one malloc arena would only slow the input pipeli
 threads. That is decided from the environment, before JAX is imported (`cpu_trains`).
 
 Better still is an allocator with per-thread caches for large blocks. XLA:CPU's GEMM
-library allocates thousands of 64-512 KiB packing buffers per train step from its worker
-threads; with glibc's one arena they queue on its lock and search its fragmented heap.
+library allocates its packing buffers from its worker threads, many per train step
+(BENCHMARKS.md counts them); with glibc's one arena they queue on its lock and search its
+fragmented heap.
 Where tcmalloc or jemalloc is installed (Debian: libtcmalloc-minimal4, libjemalloc2), a
 program restarts itself once with it preloaded (`preload_allocator`, before anything else);
 HEMNET_ALLOCATOR=glibc keeps glibc, HEMNET_ALLOCATOR=/path/lib.so names another.
@@ -108,10 +109,15 @@ def loaded_allocator():
   return next((name for name, lib, _ in ALLOCATORS if _loaded(f"lib{lib}.so")), None)
 
 
+def _wanted():
+  """HEMNET_ALLOCATOR: 'auto' (also when unset or empty), 'glibc', or a library's path."""
+  return os.environ.get("HEMNET_ALLOCATOR", "").strip() or "auto"
+
+
 def choose_allocator(find=ctypes.util.find_library):
   """(library to preload or None, environment to add, why), from HEMNET_ALLOCATOR and what
   is installed; the library is a path or a name the dynamic loader resolves."""
-  wanted = os.environ.get("HEMNET_ALLOCATOR", "auto").strip() or "auto"
+  wanted = _wanted()
   if wanted == "glibc" or os.environ.get("HEMNET_REUSE_HOST_MEMORY", "1") == "0":
     return None, {}, ("HEMNET_ALLOCATOR=glibc" if wanted == "glibc" else "HEMNET_REUSE_HOST_MEMORY=0")
   if wanted != "auto":
@@ -141,8 +147,7 @@ def preload_allocator(find=ctypes.util.find_library):
   if preloaded_allocator() or not sys.executable:
     return
   lib, env, _ = choose_allocator(find)
-  if lib is None or _loaded(lib) or (os.environ.get("HEMNET_ALLOCATOR", "auto") == "auto"
-                                     and loaded_allocator()):
+  if lib is None or _loaded(lib) or (_wanted() == "auto" and loaded_allocator()):
     return  # none chosen, or the user preloaded it (or another) already
   preload = os.environ.get("LD_PRELOAD", "")
   env = {**os.environ, **env, _PRELOADED: lib,
@@ -157,8 +162,9 @@ def allocator():
   lib = preloaded_allocator()
   if lib:
     return f"{lib} preloaded" + ("" if _loaded(lib) else ", but not loaded")
-  if loaded_allocator():
-    return f"{loaded_allocator()}, preloaded by the user"
+  loaded = loaded_allocator()
+  if loaded:
+    return f"{loaded}, preloaded by the user"
   try:
     why = choose_allocator()[2]
   except FileNotFoundError as e:
