@@ -138,6 +138,8 @@ ABLATIONS = {
         lambda: mock.patch.object(layers, "_weight_grad", lambda cols, d_y: jnp.dot(cols.T, d_y)),
     "col2im spreading all taps at once (not row by row)":
         lambda: mock.patch.object(layers, "_col2im", _col2im_all_taps),
+    "every donated parameter copied (XLA's default copy insertion)":
+        lambda: mock.patch.object(steps, "train_compiler_options", lambda: None),
 }
 
 
