@@ -6,6 +6,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step --ablation --modes hemnet   # each CPU choice undone in turn
   python -m benchmarks.train_step --ablation --with_torch     # the same, beside PyTorch's steps
   python -m benchmarks.train_step --ablation --copies 3       # each variant compiled 3 times
+  python -m benchmarks.train_step --ablation --only copied,col2im   # only the entries so named
   python -m benchmarks.train_step --ablation --config configs/demo.py   # the same, the demo's model
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
@@ -168,9 +169,11 @@ def ablation(args, config, mode, with_torch):
   all interleaved in one process (common.over_copies); with_torch: PyTorch's steps in the
   same rounds, as (median seconds, 0.0)."""
   calls = {}
+  chosen = {name: patch for name, patch in ABLATIONS.items()
+            if not args.only or any(word in name for word in args.only.split(","))}
   for i in range(args.copies):
     calls[("as it is", i)] = step_call(compile_step(config))
-    for name, patch in ABLATIONS.items():
+    for name, patch in chosen.items():
       with patch():
         calls[(name, i)] = step_call(compile_step(config))
   if with_torch:
@@ -217,6 +220,9 @@ def main():
   parser.add_argument("--copies", type=int, default=1,
                       help="with --ablation: compile each variant this many times and report "
                            "the mean, and how far apart its copies ran")
+  parser.add_argument("--only", default="",
+                      help="with --ablation: only the entries whose name contains one of these "
+                           "comma-separated words")
   parser.add_argument("--with_torch", action="store_true",
                       help="with --ablation: PyTorch's steps in the same rounds (no aux head)")
   parser.add_argument("--config", default=None,
@@ -232,6 +238,11 @@ def main():
   else:
     args.crop = args.crop or (513 if accel else 129)
     args.batch = args.batch or (16 if accel else 2)
+  if args.only and not args.ablation:
+    parser.error("--only goes with --ablation")
+  if args.only and not any(w in name for name in ABLATIONS for w in args.only.split(",")):
+    parser.error(f"--only {args.only}: no --ablation entry's name contains it; the entries: "
+                 + "; ".join(ABLATIONS))
   if args.with_torch and not args.ablation:
     parser.error("--with_torch goes with --ablation (without it PyTorch runs unless --no_torch)")
   if args.copies < 1 or (args.copies > 1 and not args.ablation):
@@ -267,7 +278,7 @@ def main():
       for name in ("torch_eager", "torch_compile"):
         if name in times:
           print(f"  {name}: " + ", ".join(f"{ours} {times[name][0] / times[ours][0]:.2f}x"
-                                          for ours in ("as it is", *ABLATIONS)))
+                                          for ours in times if not ours.startswith("torch_")))
       continue
     bench = compile_step(config, donate=not args.no_donate)
     call, flops = step_call(bench), bench["flops"]

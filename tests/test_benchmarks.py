@@ -331,10 +331,12 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
 @pytest.mark.parametrize("flags,message", [
     (["--with_torch"], "--with_torch goes with --ablation"),
     (["--copies", "3"], "--copies 3: a count of at least 1, and more than 1 only with --ablation"),
-    (["--ablation", "--copies", "0"], "--copies 0: a count of at least 1")])
+    (["--ablation", "--copies", "0"], "--copies 0: a count of at least 1"),
+    (["--only", "col2im"], "--only goes with --ablation"),
+    (["--ablation", "--only", "nonesuch"], "--only nonesuch: no --ablation entry's name contains it")])
 def test_train_step_names_a_flag_that_needs_another(flags, message):
-  """--with_torch and --copies belong to --ablation; alone, or --copies under 1, is a
-  one-line usage error, before any work."""
+  """--with_torch, --copies and --only belong to --ablation; alone, or --copies under 1, or
+  --only matching no entry, is a one-line usage error, before any work."""
   proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2
@@ -348,3 +350,13 @@ def test_over_copies_averages_each_variants_compiles_and_says_how_far_apart_they
   assert list(out) == ["as it is", "undone"]
   assert out["as it is"][0] == pytest.approx(1.05) and out["as it is"][1] == pytest.approx(0.10)
   assert out["undone"][0] == pytest.approx(1.25) and out["undone"][1] == pytest.approx(1.30 / 1.20 - 1)
+
+
+def test_train_step_ablation_runs_only_the_entries_named():
+  """--ablation --only: the step as it is and the chosen entry, no other (the demo's model)."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--ablation", "--only",
+                         "copied", "--config", "configs/demo.py", "--crop", "33", "--batch", "2",
+                         "--steps", "1", "--modes", "hemnet"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, check=True)
+  rows = [line.split(":")[0].strip() for line in proc.stdout.splitlines() if "the time as it is" in line]
+  assert rows == ["as it is", "every donated parameter copied (XLA's default copy insertion)"]
