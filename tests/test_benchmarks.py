@@ -333,7 +333,8 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
     (["--copies", "3"], "--copies 3: a count of at least 1, and more than 1 only with --ablation"),
     (["--ablation", "--copies", "0"], "--copies 0: a count of at least 1"),
     (["--only", "col2im"], "--only goes with --ablation"),
-    (["--ablation", "--only", "nonesuch"], "--only nonesuch: no --ablation entry's name contains it")])
+    (["--ablation", "--only", "nonesuch"],
+     "--only nonesuch: no --ablation entry's name contains it")])
 def test_train_step_names_a_flag_that_needs_another(flags, message):
   """--with_torch, --copies and --only belong to --ablation; alone, or --copies under 1, or
   --only matching no entry, is a one-line usage error, before any work."""
@@ -358,5 +359,6 @@ def test_train_step_ablation_runs_only_the_entries_named():
                          "copied", "--config", "configs/demo.py", "--crop", "33", "--batch", "2",
                          "--steps", "1", "--modes", "hemnet"], cwd=ROOT, capture_output=True,
                         text=True, timeout=600, check=True)
-  rows = [line.split(":")[0].strip() for line in proc.stdout.splitlines() if "the time as it is" in line]
+  rows = [line.split(":")[0].strip() for line in proc.stdout.splitlines()
+          if "the time as it is" in line]
   assert rows == ["as it is", "every donated parameter copied (XLA's default copy insertion)"]

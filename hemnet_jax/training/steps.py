@@ -45,11 +45,13 @@ def train_compiler_options():
   """XLA options for the train step on this backend.
 
   Donated, the step writes each parameter's update over the parameter itself. XLA:CPU's
-  default copy insertion cannot see that every read of a parameter comes before its update,
-  and copies all of them on each step; with region analysis it copies none
-  (BENCHMARKS.md). Accelerators keep their defaults.
+  default copy insertion copies every parameter first, on each step; with region analysis,
+  which sees that the update follows every read, it copies none (BENCHMARKS.md).
+  Accelerators keep their defaults.
   """
-  return {"xla_cpu_copy_insertion_use_region_analysis": True} if jax.default_backend() == "cpu" else None
+  if jax.default_backend() != "cpu":
+    return None
+  return {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def jit_train_step(config, mesh, state_sharding, donate=True):
