@@ -163,14 +163,21 @@ def _col2im_all_taps(d_cols, x_shape, kernel, strides, dilation, padding):
   return d_x[:, pt:pt + h, pl:pl + w]
 
 
+def ablations_named(only):
+  """The ABLATIONS entries whose name contains one of the comma-separated words in `only`
+  (all of them for an empty `only`)."""
+  words = [w for w in only.split(",") if w]
+  return {name: patch for name, patch in ABLATIONS.items()
+          if not words or any(w in name for w in words)}
+
+
 def ablation(args, config, mode, with_torch):
   """{name: (mean seconds, spread)} of our step as it is and with each ABLATIONS entry
   undone, each compiled `args.copies` times from its own trace (in the order A B C .. A B C),
   all interleaved in one process (common.over_copies); with_torch: PyTorch's steps in the
   same rounds, as (median seconds, 0.0)."""
   calls = {}
-  chosen = {name: patch for name, patch in ABLATIONS.items()
-            if not args.only or any(word in name for word in args.only.split(","))}
+  chosen = ablations_named(args.only)
   for i in range(args.copies):
     calls[("as it is", i)] = step_call(compile_step(config))
     for name, patch in chosen.items():
@@ -240,7 +247,7 @@ def main():
     args.batch = args.batch or (16 if accel else 2)
   if args.only and not args.ablation:
     parser.error("--only goes with --ablation")
-  if args.only and not any(w in name for name in ABLATIONS for w in args.only.split(",")):
+  if args.only and not ablations_named(args.only):
     parser.error(f"--only {args.only}: no --ablation entry's name contains it; the entries: "
                  + "; ".join(ABLATIONS))
   if args.with_torch and not args.ablation:
