@@ -163,6 +163,12 @@ def _col2im_all_taps(d_cols, x_shape, kernel, strides, dilation, padding):
   return d_x[:, pt:pt + h, pl:pl + w]
 
 
+# The step as it is, compiled again and timed in a variant's place: the same program, so
+# whatever separates it from "as it is" is this machine's noise, the floor under which no
+# entry's difference means anything (BENCHMARKS.md has an A/A run 2.5 % apart).
+CONTROL = "as it is, compiled again (the same program, the noise floor)"
+
+
 def ablations_named(only):
   """The ABLATIONS entries whose name contains one of the comma-separated words in `only`
   (all of them for an empty `only`)."""
@@ -172,14 +178,15 @@ def ablations_named(only):
 
 
 def ablation(args, config, mode, with_torch):
-  """{name: (mean seconds, spread)} of our step as it is and with each ABLATIONS entry
-  undone, each compiled `args.copies` times from its own trace (in the order A B C .. A B C),
-  all interleaved in one process (common.over_copies); with_torch: PyTorch's steps in the
-  same rounds, as (median seconds, 0.0)."""
+  """{name: (mean seconds, spread)} of our step as it is, again (CONTROL), and with each
+  ABLATIONS entry undone, each compiled `args.copies` times from its own trace (in the order
+  A B C .. A B C), all interleaved in one process (common.over_copies); with_torch:
+  PyTorch's steps in the same rounds, as (median seconds, 0.0)."""
   calls = {}
   chosen = ablations_named(args.only)
   for i in range(args.copies):
     calls[("as it is", i)] = step_call(compile_step(config))
+    calls[(CONTROL, i)] = step_call(compile_step(config))
     for name, patch in chosen.items():
       with patch():
         calls[(name, i)] = step_call(compile_step(config))

@@ -354,11 +354,14 @@ def test_over_copies_averages_each_variants_compiles_and_says_how_far_apart_they
 
 
 def test_train_step_ablation_runs_only_the_entries_named():
-  """--ablation --only: the step as it is and the chosen entry, no other (the demo's model)."""
+  """--ablation --only: the step as it is, the same again as the noise floor's control, and
+  the chosen entry, no other (the demo's model)."""
+  from benchmarks import train_step
   proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--ablation", "--only",
                          "copied", "--config", "configs/demo.py", "--crop", "33", "--batch", "2",
                          "--steps", "1", "--modes", "hemnet"], cwd=ROOT, capture_output=True,
                         text=True, timeout=600, check=True)
   rows = [line.split(":")[0].strip() for line in proc.stdout.splitlines()
           if "the time as it is" in line]
-  assert rows == ["as it is", "every donated parameter copied (XLA's default copy insertion)"]
+  assert rows == ["as it is", train_step.CONTROL,
+                  "every donated parameter copied (XLA's default copy insertion)"]
