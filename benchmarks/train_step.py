@@ -165,7 +165,7 @@ def _col2im_all_taps(d_cols, x_shape, kernel, strides, dilation, padding):
 
 # The step as it is, compiled again and timed in a variant's place: the same program, so
 # whatever separates it from "as it is" is this machine's noise, the floor under which no
-# entry's difference means anything (BENCHMARKS.md has an A/A run 2.5 % apart).
+# entry's difference means anything (BENCHMARKS.md, "The noise floor of a whole-step A/B").
 CONTROL = "as it is, compiled again (the same program, the noise floor)"
 
 
@@ -302,8 +302,8 @@ def main():
     if bench["memory_bytes"] is not None:
       print(f"  memory (XLA memory analysis): {bench['memory_bytes'] / 2**20:.0f} MiB, of which "
             f"{bench['aliased_bytes'] / 2**20:.0f} MiB of outputs reuse donated inputs")
-    # The peak in the same process, just before the steps (interleaving it with the steps
-    # measured it 30-50 % low: the step's threads were still winding down).
+    # The peak in the same process, just before the steps: interleaved with the steps it
+    # read low, their threads still winding down (BENCHMARKS.md, "The train step").
     peak, n = common.matmul_peak(peak_dtype)
     times = (torch_comparison(args, mode, {"jax": call}) if with_torch
              else common.interleaved({"jax": call}, reps=1, rounds=args.steps))
