@@ -8,6 +8,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step --ablation --copies 3       # each variant compiled 3 times
   python -m benchmarks.train_step --ablation --only copied,col2im   # only the entries so named
   python -m benchmarks.train_step --ablation --config configs/demo.py   # the same, the demo's model
+  python -m benchmarks.train_step --gemm_floor        # also each GEMM of our step timed alone
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
 (C 512, K 64, T 3), SGD with momentum, on random images and labels (no dataset needed).
@@ -22,7 +23,9 @@ MFU = the step's FLOPs (XLA's cost analysis of the step as lowered, before XLA h
 convolutions to a library it cannot count, as cuDNN; with XLA's convolutions, so that the
 zero padding taps of the CPU's im2col GEMMs do not count) / step time / the jnp.dot peak (float32,
 or bfloat16 for a bfloat16 run) measured in the same run. --profile names where our step's
-time goes. benchmarks/device_check.py calls the same functions (paper_config, compile_step,
+time goes; --gemm_floor times each GEMM of our compiled step warm and alone, in the same rounds
+(benchmarks/gemms.py), and says how much of the step is left beside their sum, and how much
+1.1x PyTorch eager would leave. benchmarks/device_check.py calls the same functions (paper_config, compile_step,
 step_call, random_batches).
 """
 
@@ -46,7 +49,7 @@ host_memory.set_up(restart=__name__ == "__main__")
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common
+from benchmarks import common, gemms
 from hemnet_jax.models import layers, resnet
 from hemnet_jax.training import sharding, state as state_lib, steps
 
@@ -198,9 +201,9 @@ def ablation(args, config, mode, with_torch):
   return {**ours, **{k: (t, 0.0) for k, t in times.items() if not isinstance(k, tuple)}}
 
 
-def torch_comparison(args, mode, jax_calls):
-  """{name: median seconds} of our steps (`jax_calls`, {name: call}) and PyTorch's in
-  `mode`, interleaved."""
+def torch_comparison(args, mode, jax_calls, self_timed=()):
+  """{name: median seconds} of our steps (`jax_calls`, {name: call}; those named in
+  self_timed return their own seconds) and PyTorch's in `mode`, interleaved."""
   from benchmarks import torch_emanet  # imports torch: after isa.cap_from_argv
   variants = ("torch_eager",) + (() if args.no_compile else ("torch_compile",))
   fns, compile_s = torch_emanet.torch_train_steps(args.crop, args.batch, mode=mode,
@@ -208,7 +211,22 @@ def torch_comparison(args, mode, jax_calls):
   if compile_s is not None:
     print(f"  torch.compile warm-up (compile + 3 steps): {compile_s:.1f} s", flush=True)
   sync = {name: (lambda r: r) for name in fns}  # PyTorch's CPU ops are synchronous
-  return common.interleaved({**jax_calls, **fns}, reps=1, rounds=args.steps, sync=sync)
+  return common.interleaved({**jax_calls, **fns}, reps=1, rounds=args.steps, sync=sync,
+                            self_timed=self_timed)
+
+
+def print_gemm_floor(info, step_s, floor_s, eager_s=None):
+  """Our step's GEMMs, each run alone (benchmarks/gemms.py), beside the step they bound."""
+  loops = (f", {info['unknown_loops']} loops of unknown length counted once"
+           if info["unknown_loops"] else "")
+  print(f"  GEMMs alone: {floor_s * 1e3:.1f} ms per step, {floor_s / step_s:.1%} of ours "
+        f"({info['runs']} dots, {info['distinct']} distinct, {info['flops'] / 1e9:.1f} GFLOP at "
+        f"{common.gflops(info['flops'] / floor_s)}, each warm and alone{loops}); the rest of our "
+        f"step: {(step_s - floor_s) * 1e3:.1f} ms")
+  if eager_s:
+    target = eager_s / 1.1
+    print(f"  1.1x PyTorch eager would be {target * 1e3:.1f} ms per step: "
+          f"{(target - floor_s) * 1e3:.1f} ms beside the GEMMs")
 
 
 def main():
@@ -228,6 +246,9 @@ def main():
   parser.add_argument("--no_donate", action="store_true", help="do not donate the state")
   parser.add_argument("--log_elbo", action="store_true", help="also compute the per-iteration ELBO")
   parser.add_argument("--profile", action="store_true", help="name the top costs")
+  parser.add_argument("--gemm_floor", action="store_true",
+                      help="(CPU) time each of our step's GEMMs alone: what the step would take "
+                           "if they were all it ran")
   parser.add_argument("--ablation", action="store_true",
                       help="ours as it is and with each CPU choice undone, interleaved (alone, "
                            "aux head on, unless --with_torch)")
@@ -257,6 +278,9 @@ def main():
   if args.only and not ablations_named(args.only):
     parser.error(f"--only {args.only}: no --ablation entry's name contains it; the entries: "
                  + "; ".join(ABLATIONS))
+  if args.gemm_floor and (accel or args.ablation):
+    parser.error("--gemm_floor: our step on a CPU, without --ablation (accelerators run their "
+                 "GEMMs as library calls, which the compiled program does not show as dots)")
   if args.with_torch and not args.ablation:
     parser.error("--with_torch goes with --ablation (without it PyTorch runs unless --no_torch)")
   if args.copies < 1 or (args.copies > 1 and not args.ablation):
@@ -305,8 +329,12 @@ def main():
     # The peak in the same process, just before the steps: interleaved with the steps it
     # read low, their threads still winding down (BENCHMARKS.md, "The train step").
     peak, n = common.matmul_peak(peak_dtype)
-    times = (torch_comparison(args, mode, {"jax": call}) if with_torch
-             else common.interleaved({"jax": call}, reps=1, rounds=args.steps))
+    ours = {"jax": call}
+    if args.gemm_floor:  # in the same rounds as the step, so that both see the same machine
+      ours["gemms"], floor_info = gemms.floor_call(bench["compiled"].as_text())
+    timed = ("gemms",)  # the floor's call returns its own sum
+    times = (torch_comparison(args, mode, ours, timed) if with_torch
+             else common.interleaved(ours, reps=1, rounds=args.steps, self_timed=timed))
     step_s = times["jax"]
     results[mode] = dict(times, mfu=flops / step_s / peak,
                          images_per_s=config.train.batch_size / step_s)
@@ -316,6 +344,8 @@ def main():
     for name in ("torch_eager", "torch_compile"):
       if name in times:
         print(f"  {name}: {times[name] * 1e3:.1f} ms; ours is {times[name] / step_s:.2f}x")
+    if args.gemm_floor:
+      print_gemm_floor(floor_info, step_s, times["gemms"], times.get("torch_eager"))
     if args.profile:
       rows = common.profile_ops(call, bench["compiled"].as_text(), reps=2, top=8)
       print("  profile (share of summed op time):")

@@ -334,7 +334,8 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
     (["--ablation", "--copies", "0"], "--copies 0: a count of at least 1"),
     (["--only", "col2im"], "--only goes with --ablation"),
     (["--ablation", "--only", "nonesuch"],
-     "--only nonesuch: no --ablation entry's name contains it")])
+     "--only nonesuch: no --ablation entry's name contains it"),
+    (["--ablation", "--gemm_floor"], "--gemm_floor: our step on a CPU, without --ablation")])
 def test_train_step_names_a_flag_that_needs_another(flags, message):
   """--with_torch, --copies and --only belong to --ablation; alone, or --copies under 1, or
   --only matching no entry, is a one-line usage error, before any work."""
@@ -365,3 +366,53 @@ def test_train_step_ablation_runs_only_the_entries_named():
           if "the time as it is" in line]
   assert rows == ["as it is", train_step.CONTROL,
                   "every donated parameter copied (XLA's default copy insertion)"]
+
+
+def test_gemms_finds_every_dot_as_often_as_the_program_runs_it():
+  """benchmarks/gemms.py reads the compiled program: a dot in a loop of 7 counts 7 times,
+  batch and contracting dimensions come through, FLOPs are 2 x batch x M x K x N."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  from benchmarks import gemms  # pylint: disable=g-import-not-at-top
+
+  def f(a, b, c, d, e):
+    x = lax.fori_loop(0, 7, lambda i, x: jnp.tanh(x @ c), a @ b)
+    return x, jnp.einsum("bij,bjk->bik", d, e)
+  args = (jnp.ones((64, 32)), jnp.ones((32, 48)), jnp.ones((48, 48)), jnp.ones((3, 16, 8)),
+          jnp.ones((3, 8, 24)))
+  text = jax.jit(f).lower(*args).compile().as_text()
+  assert " while(" in text  # the loop stays a loop: its trip count must be applied
+  found, unknown = gemms.dots(text)
+  plain = (((1,), (0,)), ((), ()))
+  assert unknown == 0
+  assert found == {
+      gemms.Dot((64, 32), (32, 48), "f32", "f32", "f32", plain): 1,
+      gemms.Dot((64, 48), (48, 48), "f32", "f32", "f32", plain): 7,
+      gemms.Dot((3, 16, 8), (3, 8, 24), "f32", "f32", "f32", (((2,), (1,)), ((0,), (0,)))): 1}
+  assert sorted(gemms.flops(d) for d in found) == sorted(
+      [2 * 64 * 32 * 48, 2 * 64 * 48 * 48, 2 * 3 * 16 * 8 * 24])
+  call, info = gemms.floor_call(text)
+  assert (info["runs"], info["distinct"]) == (9, 3)
+  assert info["flops"] == 2 * 64 * 32 * 48 + 7 * 2 * 64 * 48 * 48 + 2 * 3 * 16 * 8 * 24
+  assert 0 < call() < 1.0
+
+
+def test_interleaved_records_a_self_timed_callables_own_seconds():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  out = common.interleaved({"own": lambda: 123.0, "wall": lambda: None}, reps=2, rounds=2,
+                           self_timed=("own",))
+  assert out["own"] == 123.0 and out["wall"] < 1.0
+
+
+def test_train_step_gemm_floor_prints_the_steps_gemms_beside_it():
+  """--gemm_floor on the demo's model: the step's dots, timed in its rounds, and the rest."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--gemm_floor",
+                         "--config", "configs/demo.py", "--crop", "33", "--batch", "2",
+                         "--steps", "1", "--modes", "hemnet"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, check=True)
+  line = next(l for l in proc.stdout.splitlines() if "GEMMs alone:" in l)
+  ms, share = re.search(r"GEMMs alone: ([\d.]+) ms per step, ([\d.]+)% of ours", line).groups()
+  runs, distinct = map(int, re.search(r"\((\d+) dots, (\d+) distinct", line).groups())
+  assert float(ms) > 0 and 0 < float(share) and runs >= distinct > 10
+  assert "the rest of our step:" in line
