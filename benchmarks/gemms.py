@@ -1,13 +1,15 @@
-"""A compiled program's GEMMs, each timed alone: the floor under its step time.
+"""A compiled program's GEMMs, each timed alone: how much of its time they take.
 
 `dots(hlo_text)` reads XLA's optimised HLO (`compiled.as_text()`) for every dot the program
 runs and how many times per call (a dot in a while loop counts the loop's known trip count);
 `floor_call(hlo_text)` compiles each distinct one alone with `lax.dot_general` and returns a
-call that runs them all, one at a time, as often as the program does. On a
-CPU, where every convolution of our step is a GEMM (models/layers.py), that sum is what the
-step would take if nothing but its GEMMs ran, each at the speed it reaches alone: no change
-around the GEMMs can take the step below it. Accelerators hand their GEMMs to libraries as
-custom calls, which are not dots in the HLO; there the floor finds none.
+call that runs each warm and alone and adds them up as often as the program runs them. On
+a CPU, where every convolution of our step is a GEMM (models/layers.py), that sum is about what
+the step would take if nothing but its GEMMs ran: the share of the step that no change around
+them can remove. An estimate, not a strict bound: the step also runs independent GEMMs side by
+side (one per core), which can be faster for short ones than each spread over every core alone.
+Accelerators hand their GEMMs to libraries as custom calls, which are not dots in the HLO;
+there it finds none.
 """
 
 import collections
@@ -120,11 +122,10 @@ def _compile(dot):
 def floor_call(hlo_text, reps=3):
   """(call, info): call() runs each distinct dot of the program `reps` times back to back,
   alone, and returns the floor in seconds: the sum over dots of the median run times the
-  runs per call of the program. Warm and alone, each GEMM runs as fast as it can here, so
-  the floor is optimistic: a lower bound on what the program's GEMMs can take. info: flops,
-  runs (dots per call), distinct (dots compiled) and unknown_loops. Call it interleaved with
-  the program (benchmarks.common.interleaved's self_timed), so that both see the same
-  machine."""
+  runs per call of the program (warm, with the machine to itself; see the module's note).
+  info: flops, runs (dots per call), distinct (dots compiled) and unknown_loops. Call it
+  interleaved with the program (benchmarks.common.interleaved's self_timed), so that both
+  see the same machine."""
   found, unknown = dots(hlo_text)
   compiled = [(*_compile(d), n) for d, n in found.items()]
 
