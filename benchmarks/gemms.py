@@ -108,6 +108,9 @@ def _compile(dot):
   key = jax.random.key(0)
 
   def operand(shape, dtype):
+    if dtype not in _DTYPES:
+      raise ValueError(f"benchmarks/gemms.py: a dot of {dtype} operands {shape}; it times "
+                       f"only {', '.join(_DTYPES)}")
     dtype = _DTYPES[dtype]
     if jnp.issubdtype(dtype, jnp.integer):
       return jax.random.randint(key, shape, -3, 4, dtype)
