@@ -25,8 +25,8 @@ zero padding taps of the CPU's im2col GEMMs do not count) / step time / the jnp.
 or bfloat16 for a bfloat16 run) measured in the same run. --profile names where our step's
 time goes; --gemm_floor times each GEMM of our compiled step warm and alone, in the same rounds
 (benchmarks/gemms.py), and says how much of the step is left beside their sum, and how much
-1.1x PyTorch eager would leave. benchmarks/device_check.py calls the same functions (paper_config, compile_step,
-step_call, random_batches).
+1.1x PyTorch eager would leave. benchmarks/device_check.py calls the same functions
+(paper_config, compile_step, step_call, random_batches).
 """
 
 import os
