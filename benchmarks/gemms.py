@@ -15,12 +15,12 @@ there it finds none.
 import collections
 import math
 import re
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from benchmarks import common
 
 _DTYPES = {"f64": jnp.float64, "f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16,
            "s32": jnp.int32, "s8": jnp.int8}
@@ -133,15 +133,8 @@ def floor_call(hlo_text, reps=3):
   compiled = [(*_compile(d), n) for d, n in found.items()]
 
   def call():
-    total = 0.0
-    for fn, args, n in compiled:
-      times = []
-      for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(*args).block_until_ready()
-        times.append(time.perf_counter() - t0)
-      total += n * statistics.median(times)
-    return total
+    return sum(n * common.time_call(lambda fn=fn, args=args: fn(*args), reps)
+               for fn, args, n in compiled)
 
   call()  # the first runs allocate
   return call, dict(flops=sum(n * flops(d) for d, n in found.items()),
