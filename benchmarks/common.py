@@ -62,12 +62,13 @@ def time_call(fn, reps, sync=block):
   return statistics.median(times)
 
 
-def interleaved(fns, reps, rounds, sync=None, self_timed=()):
+def interleaved(fns, reps, rounds, sync=None, self_timed=(), every_call=False):
   """{name: median seconds} for several warm callables, run round-robin `rounds` times.
 
   Interleaving spreads any slow phase of a shared machine over all of them; the
-  median over all rounds' repetitions is reported. A callable named in self_timed returns
-  its own measure in seconds, which is recorded instead of its wall time.
+  median over all rounds' repetitions is reported (with every_call, the list of every
+  call's seconds, in order). A callable named in self_timed returns its own measure in
+  seconds, which is recorded instead of its wall time.
   """
   sync = sync or {}
   times = {name: [] for name in fns}
@@ -78,7 +79,16 @@ def interleaved(fns, reps, rounds, sync=None, self_timed=()):
         t0 = time.perf_counter()
         out = s(fn())
         times[name].append(out if name in self_timed else time.perf_counter() - t0)
+  if every_call:
+    return times
   return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def ratio_range(slower, faster):
+  """(lowest, highest) of slower[i] / faster[i] over the rounds of an interleaved run: how far
+  one round's speed-up can be from another's on this machine."""
+  ratios = [a / b for a, b in zip(slower, faster)]
+  return min(ratios), max(ratios)
 
 
 def over_copies(times):

@@ -38,6 +38,7 @@ isa.cap_from_argv(sys.argv[1:])  # before JAX or PyTorch loads
 
 import argparse
 import importlib.util
+import statistics
 import time
 from unittest import mock
 
@@ -194,7 +195,7 @@ def ablation(args, config, mode, with_torch):
       with patch():
         calls[(name, i)] = step_call(compile_step(config))
   if with_torch:
-    times = torch_comparison(args, mode, calls)
+    times = {k: statistics.median(ts) for k, ts in torch_comparison(args, mode, calls).items()}
   else:
     times = common.interleaved(calls, reps=1, rounds=args.steps)
   ours = common.over_copies({k: t for k, t in times.items() if isinstance(k, tuple)})
@@ -202,7 +203,7 @@ def ablation(args, config, mode, with_torch):
 
 
 def torch_comparison(args, mode, jax_calls, self_timed=()):
-  """{name: median seconds} of our steps (`jax_calls`, {name: call}; those named in
+  """{name: [seconds of each round]} of our steps (`jax_calls`, {name: call}; those named in
   self_timed return their own seconds) and PyTorch's in `mode`, interleaved."""
   from benchmarks import torch_emanet  # imports torch: after isa.cap_from_argv
   variants = ("torch_eager",) + (() if args.no_compile else ("torch_compile",))
@@ -212,7 +213,7 @@ def torch_comparison(args, mode, jax_calls, self_timed=()):
     print(f"  torch.compile warm-up (compile + 3 steps): {compile_s:.1f} s", flush=True)
   sync = {name: (lambda r: r) for name in fns}  # PyTorch's CPU ops are synchronous
   return common.interleaved({**jax_calls, **fns}, reps=1, rounds=args.steps, sync=sync,
-                            self_timed=self_timed)
+                            self_timed=self_timed, every_call=True)
 
 
 def print_gemm_floor(info, step_s, floor_s, eager_s=None):
@@ -333,8 +334,10 @@ def main():
     if args.gemm_floor:  # in the same rounds as the step, so that both see the same machine
       ours["gemms"], floor_info = gemms.floor_call(bench["compiled"].as_text())
     timed = ("gemms",)  # the floor's call returns its own sum
-    times = (torch_comparison(args, mode, ours, timed) if with_torch
-             else common.interleaved(ours, reps=1, rounds=args.steps, self_timed=timed))
+    rounds = (torch_comparison(args, mode, ours, timed) if with_torch
+              else common.interleaved(ours, reps=1, rounds=args.steps, self_timed=timed,
+                                      every_call=True))
+    times = {name: statistics.median(ts) for name, ts in rounds.items()}
     step_s = times["jax"]
     results[mode] = dict(times, mfu=flops / step_s / peak,
                          images_per_s=config.train.batch_size / step_s)
@@ -343,7 +346,9 @@ def main():
           f"{common.gflops(flops / step_s)}, MFU {flops / step_s / peak:.1%} of the peak)")
     for name in ("torch_eager", "torch_compile"):
       if name in times:
-        print(f"  {name}: {times[name] * 1e3:.1f} ms; ours is {times[name] / step_s:.2f}x")
+        low, high = common.ratio_range(rounds[name], rounds["jax"])
+        print(f"  {name}: {times[name] * 1e3:.1f} ms; ours is {times[name] / step_s:.2f}x "
+              f"(round by round {low:.2f}-{high:.2f}x)")
     if args.gemm_floor:
       print_gemm_floor(floor_info, step_s, times["gemms"], times.get("torch_eager"))
     if args.profile:

@@ -403,6 +403,15 @@ def test_interleaved_records_a_self_timed_callables_own_seconds():
   out = common.interleaved({"own": lambda: 123.0, "wall": lambda: None}, reps=2, rounds=2,
                            self_timed=("own",))
   assert out["own"] == 123.0 and out["wall"] < 1.0
+  values = iter([1.0, 2.0, 3.0])
+  out = common.interleaved({"own": lambda: next(values)}, reps=1, rounds=3, self_timed=("own",),
+                           every_call=True)
+  assert out == {"own": [1.0, 2.0, 3.0]}
+
+
+def test_ratio_range_is_the_lowest_and_highest_round_by_round_ratio():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  assert common.ratio_range([2.0, 3.0, 1.0], [1.0, 2.0, 1.0]) == (1.0, 2.0)
 
 
 def test_train_step_gemm_floor_prints_the_steps_gemms_beside_it():
