@@ -217,7 +217,11 @@ def torch_comparison(args, mode, jax_calls, self_timed=()):
 
 
 def print_gemm_floor(info, step_s, floor_s, eager_s=None):
-  """Our step's GEMMs, each run alone (benchmarks/gemms.py), beside the step they bound."""
+  """Our step's GEMMs, each run alone (benchmarks/gemms.py), beside the step: an estimate of
+  the share of it that no change around them removes."""
+  if not info["runs"]:
+    print("  GEMMs alone: the compiled step shows no dot to time")
+    return
   loops = (f", {info['unknown_loops']} loops of unknown length counted once"
            if info["unknown_loops"] else "")
   print(f"  GEMMs alone: {floor_s * 1e3:.1f} ms per step, {floor_s / step_s:.1%} of ours "

@@ -337,8 +337,9 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
      "--only nonesuch: no --ablation entry's name contains it"),
     (["--ablation", "--gemm_floor"], "--gemm_floor: our step on a CPU, without --ablation")])
 def test_train_step_names_a_flag_that_needs_another(flags, message):
-  """--with_torch, --copies and --only belong to --ablation; alone, or --copies under 1, or
-  --only matching no entry, is a one-line usage error, before any work."""
+  """--with_torch, --copies and --only belong to --ablation, and --gemm_floor does not go with
+  it; otherwise, or --copies under 1, or --only matching no entry, is a one-line usage error,
+  before any work."""
   proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2
