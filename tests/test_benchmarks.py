@@ -426,3 +426,37 @@ def test_train_step_gemm_floor_prints_the_steps_gemms_beside_it():
   runs, distinct = map(int, re.search(r"\((\d+) dots, (\d+) distinct", line).groups())
   assert float(ms) > 0 and 0 < float(share) and runs >= distinct > 10
   assert "the rest of our step:" in line
+
+
+def test_stages_times_each_part_of_the_backbone_against_pytorch():
+  """benchmarks.stages on a narrow ResNet: the stem and four stages, each beside PyTorch's,
+  with the parameter count both sides built and the ratios the summary repeats."""
+  out = _run("benchmarks.stages", "--crop", "33", "--batch", "2", "--steps", "2", "--width", "8",
+             "--stem_width", "16", "--blocks", "1,1,2,1")
+  rows = re.findall(r"^  (\w+) \(output ([\dx]+), ([\d,]+) parameters\): ours ([\d.]+) ms, "
+                    r"PyTorch eager ([\d.]+) ms; ours is ([\d.]+)x \(round by round "
+                    r"([\d.]+)-([\d.]+)x\)$", out, re.M)
+  assert [r[0] for r in rows] == ["stem", "layer1", "layer2", "layer3", "layer4"], out
+  # The deep stem 3 -> 8 -> 8 -> 16 (3x3 kernels, no bias) and its three batch norms; its max
+  # pool halves the 17 x 17 map; OS 8 keeps stages 2-4 at 5 x 5.
+  assert rows[0][1:3] == ("9x9x16", f"{27 * 8 + 72 * 8 + 72 * 16 + 2 * (8 + 8 + 16):,}")
+  assert [r[1] for r in rows[1:]] == ["9x9x32", "5x5x64", "5x5x128", "5x5x256"]
+  summary = out.strip().splitlines()[-1]
+  assert re.fullmatch(r"summary: stem=\S+ layer1=\S+ layer2=\S+ layer3=\S+ layer4=\S+ all=\S+",
+                      summary), summary
+  ratios = dict(kv.split("=") for kv in summary.split()[1:])
+  for name, _, _, ours, torch_ms, ratio, lo, hi in rows:
+    assert ratios[name] == ratio and float(lo) <= float(ratio) <= float(hi)
+    # PyTorch's time over ours, as printed (to 0.01 ms).
+    assert float(torch_ms) / float(ours) == pytest.approx(float(ratio), rel=0.1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--blocks", "3,4,23"], "--blocks 3,4,23: four counts of at least 1"),
+    (["--blocks", "3,x,23,3"], "--blocks 3,x,23,3: four comma-separated counts"),
+    (["--steps", "0"], "--steps 0: at least 1 round")])
+def test_stages_names_the_flag_to_fix(flags, message):
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.stages", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2
+  assert message in proc.stderr.strip().splitlines()[-1]

@@ -70,6 +70,37 @@ def block_dilations(num_blocks, dilation, grid):
   return (first,) + tuple(dilation * g for g in grid[1:num_blocks])
 
 
+def stage_plan(stage_sizes, output_stride=8, multi_grid=(1, 2, 4)):
+  """[(stride, dilation of each block)] of stages 1-4, as ResNet builds them."""
+  layout, grid = stage_layout(output_stride, multi_grid)
+  return [(stride, block_dilations(num_blocks, dilation, grid if i == 3 else ()))
+          for i, (num_blocks, (stride, dilation)) in enumerate(zip(stage_sizes,
+                                                                   ((1, 1),) + layout))]
+
+
+def stem(x, norm, kind="deep", width=64, stem_width=128, dtype=jnp.float32):
+  """The stem and its max pool, as submodules (stem_*) of the compact module calling it."""
+  if kind == "deep":
+    w = stem_width
+    x = nn.relu(norm(name="stem_bn1")(conv(w // 2, 3, 2, name="stem_conv1", dtype=dtype)(x)))
+    x = nn.relu(norm(name="stem_bn2")(conv(w // 2, 3, name="stem_conv2", dtype=dtype)(x)))
+    x = nn.relu(norm(name="stem_bn3")(conv(w, 3, name="stem_conv3", dtype=dtype)(x)))
+  elif kind == "torchvision":
+    x = nn.relu(norm(name="stem_bn1")(conv(width, 7, 2, name="stem_conv1", dtype=dtype)(x)))
+  else:
+    raise ValueError(f"model.stem must be 'deep' or 'torchvision', got {kind!r}")
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def stage(x, index, stride, dilations, norm, width=64, dtype=jnp.float32):
+  """Stage index + 1's blocks (layer{index + 1}_*), as submodules of the compact module
+  calling it."""
+  for j, dilation in enumerate(dilations):
+    x = Bottleneck(width * 2**index, stride if j == 0 else 1, dilation, norm=norm, dtype=dtype,
+                   name=f"layer{index + 1}_{j}")(x)
+  return x
+
+
 class ResNet(nn.Module):
   """Returns the features of stages 1-4 (strides 4, 8, OS, OS for OS <= 16)."""
   stage_sizes: Sequence[int] = STAGE_SIZES[101]
@@ -85,24 +116,10 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype)
-    if self.stem == "deep":
-      w = self.stem_width
-      x = nn.relu(norm(name="stem_bn1")(conv(w // 2, 3, 2, name="stem_conv1", dtype=self.dtype)(x)))
-      x = nn.relu(norm(name="stem_bn2")(conv(w // 2, 3, name="stem_conv2", dtype=self.dtype)(x)))
-      x = nn.relu(norm(name="stem_bn3")(conv(w, 3, name="stem_conv3", dtype=self.dtype)(x)))
-    elif self.stem == "torchvision":
-      x = nn.relu(norm(name="stem_bn1")(conv(self.width, 7, 2, name="stem_conv1", dtype=self.dtype)(x)))
-    else:
-      raise ValueError(f"model.stem must be 'deep' or 'torchvision', got {self.stem!r}")
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-
-    layout, grid = stage_layout(self.output_stride, self.multi_grid)
-    strides_dilations = ((1, 1),) + layout
+    x = stem(x, norm, self.stem, self.width, self.stem_width, self.dtype)
     features = []
-    for i, (num_blocks, (stride, dilation)) in enumerate(zip(self.stage_sizes, strides_dilations)):
-      dilations = block_dilations(num_blocks, dilation, grid if i == 3 else ())
-      for j in range(num_blocks):
-        x = Bottleneck(self.width * 2**i, stride if j == 0 else 1, dilations[j], norm=norm,
-                       dtype=self.dtype, name=f"layer{i + 1}_{j}")(x)
+    for i, (stride, dilations) in enumerate(stage_plan(self.stage_sizes, self.output_stride,
+                                                       self.multi_grid)):
+      x = stage(x, i, stride, dilations, norm, self.width, self.dtype)
       features.append(x)
     return features
