@@ -145,6 +145,8 @@ ABLATIONS = {
         lambda: mock.patch.object(layers, "_col2im", _col2im_all_taps),
     "every donated parameter copied (XLA's default copy insertion)":
         lambda: mock.patch.object(steps, "train_compiler_options", lambda: None),
+    "XLA's max pool (reduce-window and select-and-scatter, not the maximum of the taps)":
+        lambda: mock.patch.object(layers, "tap_max_pools", lambda: False),
 }
 
 

@@ -130,9 +130,10 @@ def test_bfloat16_stays_bfloat16():
 
 
 def _largest_fused_chain(compiled_text):
-  """The most `maximum` ops (ReLUs) in any one fused computation of a compiled program."""
+  """The most ReLUs (`maximum` ops made by jax.nn.relu) in any one fused computation of a
+  compiled program."""
   bodies = re.findall(r"\n%[\w.\-]+ [^\n]*\{\n(.*?)\n\}\n", compiled_text, re.DOTALL)
-  return max(body.count(" maximum(") for body in bodies)
+  return max(len(re.findall(r" maximum\([^\n]*op_name=\"[^\"]*relu", body)) for body in bodies)
 
 
 def test_materialize_is_exact_in_values_and_gradients():
@@ -205,3 +206,36 @@ def test_1x1_convs_keep_the_einsum_on_accelerators(monkeypatch):
   forced = functools.partial(layers.conv_general_dilated, row_major_weight_grad=True)
   conv = nn.Conv(3, (1, 1), conv_general_dilated=forced)
   assert "pointwise" in str(jax.make_jaxpr(conv.apply)(v, x))
+
+
+@pytest.mark.parametrize("size, window, strides, padding", [
+    ((2, 9, 9, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),   # ResNet's stem pool, odd size
+    ((2, 10, 8, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),  # even sizes
+    ((1, 8, 8, 2), (2, 2), (2, 2), ((0, 0), (0, 0))),
+    ((1, 7, 6, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((1, 9, 7, 2), (3, 2), (2, 1), ((2, 0), (1, 0)))])
+def test_max_pool_of_taps_equals_xla_pooling_in_float64(size, window, strides, padding):
+  """Values and gradients equal to flax's nn.max_pool (XLA's reduce-window), with many ties:
+  each output's gradient goes to the same input as select-and-scatter's."""
+  with jax.enable_x64(True):
+    x = jnp.round(jax.random.normal(jax.random.key(0), size, jnp.float64) * 2)  # ties
+    xla = lambda x: nn.max_pool(x, window, strides=strides, padding=padding)
+    taps = lambda x: layers.max_pool_of_taps(x, window, strides, padding)
+    y, vjp = jax.vjp(xla, x)
+    assert len(np.unique(np.asarray(x))) < x.size // 4  # the test has its ties
+    y2, vjp2 = jax.vjp(taps, x)
+    np.testing.assert_array_equal(y2, y)
+    d_y = jax.random.normal(jax.random.key(1), y.shape, jnp.float64)
+    np.testing.assert_allclose(vjp2(d_y)[0], vjp(d_y)[0], rtol=0, atol=1e-14)
+
+
+def test_max_pool_takes_the_taps_on_the_cpu_and_xla_pooling_on_accelerators(monkeypatch):
+  x = jax.random.normal(jax.random.key(0), (1, 9, 9, 2))
+  def ops():  # a new function each time, so that nothing traced before is reused
+    pool = lambda x: jnp.sum(layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))) ** 2)
+    return str(jax.make_jaxpr(jax.grad(pool))(x))
+  xla_pooling = lambda ops: "reduce_window" in ops or "select_and_scatter" in ops
+  assert layers.tap_max_pools() == (jax.default_backend() == "cpu")
+  assert xla_pooling(ops()) != layers.tap_max_pools()
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert xla_pooling(ops())

@@ -218,6 +218,61 @@ def conv_as_shifted_gemms(x, w, dilation, padding):
   return jnp.zeros((b, ho, wo, c_out), jnp.result_type(x, w)) if y is None else y
 
 
+def _pool_taps(x, window, strides, padding):
+  pads = ((0, 0), *padding, (0, 0))
+  x = jnp.pad(x, pads, constant_values=jnp.array(-jnp.inf, x.dtype))
+  return _taps(x, window, strides, (1, 1), ((0, 0), (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool_of_taps(x, window, strides, padding):
+  """Max pooling of NHWC x as the maximum of its window's strided taps (padding with -inf).
+
+  The backward gives each output's gradient to the first of its window's taps, in row-major
+  order, that holds the maximum: the input select-and-scatter chooses, so the gradients are
+  XLA's own. padding: ((top, bottom), (left, right)).
+  """
+  return functools.reduce(jnp.maximum, _pool_taps(x, window, strides, padding))
+
+
+def _max_pool_of_taps_fwd(x, window, strides, padding):
+  y = max_pool_of_taps(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_of_taps_bwd(window, strides, padding, saved, d_y):
+  x, y = saved
+  taken = jnp.zeros(y.shape, bool)
+  d_taps = []
+  for tap in _pool_taps(x, window, strides, padding):
+    first = (tap == y) & ~taken
+    taken = taken | first
+    d_taps.append(jnp.where(first, d_y, jnp.zeros((), d_y.dtype)))
+  d_cols = jnp.concatenate(d_taps, axis=-1)  # tap-major, as _im2col's windows
+  return (_col2im(d_cols, x.shape, window, strides, (1, 1), padding).astype(x.dtype),)
+
+
+max_pool_of_taps.defvjp(_max_pool_of_taps_fwd, _max_pool_of_taps_bwd)
+
+
+def tap_max_pools():
+  """Whether max pooling runs as the maximum of its taps (`max_pool_of_taps`): on the CPU,
+  where XLA's reduce-window and select-and-scatter are slow (the stem's pool at crop 129 took
+  about 12 ms of op time forward + backward, PyTorch's about 2; BENCHMARKS.md). Accelerators
+  keep XLA's pooling."""
+  return jax.default_backend() == "cpu"
+
+
+def max_pool(x, window, strides, padding):
+  """Max pooling of NHWC x, padding ((top, bottom), (left, right)) with -inf, as PyTorch's."""
+  window, strides = tuple(window), tuple(strides)
+  padding = tuple(tuple(p) for p in padding)
+  if tap_max_pools():
+    return max_pool_of_taps(x, window, strides, padding)
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                           ((0, 0), *padding, (0, 0)))
+
+
 def _explicit_padding(padding, x_shape, kernel, strides, dilation):
   if isinstance(padding, str):
     window = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]

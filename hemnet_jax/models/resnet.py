@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hemnet_jax.models.layers import conv_general_dilated, materialize
+from hemnet_jax.models.layers import conv_general_dilated, materialize, max_pool
 
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -89,7 +89,7 @@ def stem(x, norm, kind="deep", width=64, stem_width=128, dtype=jnp.float32):
     x = nn.relu(norm(name="stem_bn1")(conv(width, 7, 2, name="stem_conv1", dtype=dtype)(x)))
   else:
     raise ValueError(f"model.stem must be 'deep' or 'torchvision', got {kind!r}")
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 def stage(x, index, stride, dilations, norm, width=64, dtype=jnp.float32):
