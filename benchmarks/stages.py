@@ -136,6 +136,11 @@ def main():
     parser.error(f"--blocks {flag}: four counts of at least 1, as 3,4,23,3")
   if args.steps < 1:
     parser.error(f"--steps {args.steps}: at least 1 round")
+  if args.crop < 16 or args.batch < 1:
+    parser.error(f"--crop {args.crop} --batch {args.batch}: a crop of at least 16 pixels (stage 4 "
+                 "then has a 2 x 2 map for batch norm's statistics) and a batch of at least 1")
+  if args.width < 1 or args.stem_width < 2:
+    parser.error(f"--width {args.width} --stem_width {args.stem_width}: at least 1 and 2")
   if jax.default_backend() != "cpu":
     parser.error("benchmarks.stages compares against PyTorch on the CPU; on an accelerator, "
                  "benchmarks.train_step times the whole step")

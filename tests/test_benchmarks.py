@@ -454,7 +454,8 @@ def test_stages_times_each_part_of_the_backbone_against_pytorch():
 @pytest.mark.parametrize("flags, message", [
     (["--blocks", "3,4,23"], "--blocks 3,4,23: four counts of at least 1"),
     (["--blocks", "3,x,23,3"], "--blocks 3,x,23,3: four comma-separated counts"),
-    (["--steps", "0"], "--steps 0: at least 1 round")])
+    (["--steps", "0"], "--steps 0: at least 1 round"),
+    (["--crop", "8"], "--crop 8 --batch 2: a crop of at least 16 pixels")])
 def test_stages_names_the_flag_to_fix(flags, message):
   proc = subprocess.run([sys.executable, "-m", "benchmarks.stages", *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False)

@@ -257,9 +257,8 @@ max_pool_of_taps.defvjp(_max_pool_of_taps_fwd, _max_pool_of_taps_bwd)
 
 def tap_max_pools():
   """Whether max pooling runs as the maximum of its taps (`max_pool_of_taps`): on the CPU,
-  where XLA's reduce-window and select-and-scatter are slow (the stem's pool at crop 129 took
-  about 12 ms of op time forward + backward, PyTorch's about 2; BENCHMARKS.md). Accelerators
-  keep XLA's pooling."""
+  where XLA's reduce-window (with the argmax its JVP carries) and select-and-scatter are slow
+  (BENCHMARKS.md, "The max pool as the maximum of its taps"). Accelerators keep XLA's pooling."""
   return jax.default_backend() == "cpu"
 
 
