@@ -40,6 +40,7 @@ from benchmarks import common
 from hemnet_jax.models import resnet
 
 BN_MOMENTUM = 3e-4  # PyTorch's convention; ours is 1 - this, as configs/voc.py's
+OUTPUT_STRIDE, MULTI_GRID = 8, (1, 2, 4)  # configs/voc.py's, on both sides
 
 
 class Part(nn.Module):
@@ -48,8 +49,6 @@ class Part(nn.Module):
   stage_sizes: tuple
   width: int
   stem_width: int
-  output_stride: int = 8
-  multi_grid: tuple = (1, 2, 4)
 
   @nn.compact
   def __call__(self, x):
@@ -57,8 +56,8 @@ class Part(nn.Module):
                              momentum=1.0 - BN_MOMENTUM, epsilon=1e-5)
     if self.index == 0:
       return resnet.stem(x, norm, "deep", self.width, self.stem_width)
-    stride, dilations = resnet.stage_plan(self.stage_sizes, self.output_stride,
-                                          self.multi_grid)[self.index - 1]
+    stride, dilations = resnet.stage_plan(self.stage_sizes, OUTPUT_STRIDE,
+                                          MULTI_GRID)[self.index - 1]
     return resnet.stage(x, self.index - 1, stride, dilations, norm, self.width)
 
 
@@ -97,8 +96,8 @@ def torch_parts(args, ours):
   import torch  # pylint: disable=import-outside-toplevel
   from benchmarks import torch_emanet  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  net, _ = torch_emanet.extractor(args.blocks, args.width, args.stem_width, 8, (1, 2, 4),
-                                  BN_MOMENTUM)
+  net, _ = torch_emanet.extractor(args.blocks, args.width, args.stem_width, OUTPUT_STRIDE,
+                                  MULTI_GRID, BN_MOMENTUM)
   modules = [net[:4]] + [net[4 + i] for i in range(len(args.blocks))]
   out = {}
   for (name, _, (_, _, x, d_y), _, _), module in zip(ours, modules):
@@ -151,28 +150,29 @@ def main():
   print(f"torch {torch.__version__}, {os.cpu_count()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}")
   print(f"\n== ResNet blocks {','.join(map(str, args.blocks))}, width {args.width}, deep stem "
-        f"{args.stem_width}, OS 8, multi-grid (1, 2, 4), crop {args.crop}, batch {args.batch}, "
+        f"{args.stem_width}, OS {OUTPUT_STRIDE}, multi-grid {MULTI_GRID}, crop {args.crop}, batch {args.batch}, "
         f"float32, training mode, forward + backward", flush=True)
   images = np.random.default_rng(0).standard_normal((args.batch, args.crop, args.crop, 3),
                                                     dtype=np.float32)
   ours = our_parts(args, images)
   theirs = torch_parts(args, ours)
+  for name, _, _, count, _ in ours:  # before any timing
+    if count != theirs[name][1]:
+      raise SystemExit(f"{name}: {count} parameters in ours, {theirs[name][1]} in PyTorch's; "
+                       "the two sides must build the same network")
   calls, sync = {}, {}
   for name, fn, fn_args, _, _ in ours:
     calls[("ours", name)] = functools.partial(fn, *fn_args)
     calls[("torch", name)] = theirs[name][0]
     sync[("torch", name)] = lambda r: r  # PyTorch's CPU ops are synchronous
   for name, call in calls.items():  # compile and warm up
-    (sync.get(name) or common.block)(call())
-    (sync.get(name) or common.block)(call())
+    for _ in range(2):
+      sync.get(name, common.block)(call())
   times = common.interleaved(calls, reps=1, rounds=args.steps, sync=sync, every_call=True)
   median = lambda ts: float(np.median(ts))
   ratios, total = {}, {"ours": np.zeros(args.steps), "torch": np.zeros(args.steps)}
   for name, _, _, count, y in ours:
     t_ours, t_torch = times[("ours", name)], times[("torch", name)]
-    if count != theirs[name][1]:
-      raise SystemExit(f"{name}: {count} parameters in ours, {theirs[name][1]} in PyTorch's; "
-                       "the two sides must build the same network")
     lo, hi = common.ratio_range(t_torch, t_ours)
     ratios[name] = median(t_torch) / median(t_ours)
     total["ours"] += t_ours
