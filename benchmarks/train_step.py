@@ -9,6 +9,7 @@ r"""The full train step against the same network in PyTorch: speed-ups, MFU and 
   python -m benchmarks.train_step --ablation --only copied,col2im   # only the entries so named
   python -m benchmarks.train_step --ablation --config configs/demo.py   # the same, the demo's model
   python -m benchmarks.train_step --gemm_floor        # also each GEMM of our step timed alone
+  python -m benchmarks.train_step --copies 3          # ours compiled 3 times: steadier figures
 
 The model is configs/voc.py's: ResNet-101, multi-grid, output stride 8, the HEM head
 (C 512, K 64, T 3), SGD with momentum, on random images and labels (no dataset needed).
@@ -17,7 +18,9 @@ the EMANet release's network (benchmarks/torch_emanet.py, same 53.8 M parameters
 HEMNet mode (gradient through the iterations, eta 0.5) and EMANet mode (iterations without
 gradient); ours, PyTorch eager and torch.compile are timed in interleaved rounds. The last
 line: `summary: speedup_vs_eager=... speedup_vs_compile=... mfu=...` (PyTorch's time / ours,
-HEMNet mode).
+HEMNet mode). Two compiles of one program can run a few percent apart on a shared machine:
+--copies N compiles ours N times and times each compile once per round; a round's time is their
+mean, and the line says how far apart the compiles' medians were.
 
 MFU = the step's FLOPs (XLA's cost analysis of the step as lowered, before XLA hands
 convolutions to a library it cannot count, as cuDNN; with XLA's convolutions, so that the
@@ -119,6 +122,20 @@ def compile_step(config, donate=True):
 def _flops(cost):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", 0.0))
+
+
+def copies_call(calls):
+  """(one call that runs each of `calls` once and returns their mean seconds, {index: [each
+  call's seconds]}): several compiles of one step, timed as one in each round."""
+  seconds = {i: [] for i in range(len(calls))}
+
+  def call():
+    for i, fn in enumerate(calls):
+      t0 = time.perf_counter()
+      common.block(fn())
+      seconds[i].append(time.perf_counter() - t0)
+    return statistics.fmean(s[-1] for s in seconds.values())
+  return call, seconds
 
 
 def step_call(bench):
@@ -260,8 +277,9 @@ def main():
                       help="ours as it is and with each CPU choice undone, interleaved (alone, "
                            "aux head on, unless --with_torch)")
   parser.add_argument("--copies", type=int, default=1,
-                      help="with --ablation: compile each variant this many times and report "
-                           "the mean, and how far apart its copies ran")
+                      help="compile our step this many times, time each once per round and "
+                           "report their mean, and how far apart they ran (with --ablation: "
+                           "each variant)")
   parser.add_argument("--only", default="",
                       help="with --ablation: only the entries whose name contains one of these "
                            "comma-separated words")
@@ -290,9 +308,11 @@ def main():
                  "GEMMs as library calls, which the compiled program does not show as dots)")
   if args.with_torch and not args.ablation:
     parser.error("--with_torch goes with --ablation (without it PyTorch runs unless --no_torch)")
-  if args.copies < 1 or (args.copies > 1 and not args.ablation):
-    parser.error(f"--copies {args.copies}: a count of at least 1, and more than 1 only with "
-                 "--ablation")
+  if args.copies < 1:
+    parser.error(f"--copies {args.copies}: a count of at least 1")
+  if args.copies > 1 and args.gemm_floor:
+    parser.error(f"--copies {args.copies} --gemm_floor: the floor times one compile's GEMMs; "
+                 "leave out one of them")
   with_torch = (not (args.no_torch or accel or args.config)
                 and (args.with_torch or not args.ablation))
 
@@ -325,8 +345,10 @@ def main():
           print(f"  {name}: " + ", ".join(f"{ours} {times[name][0] / times[ours][0]:.2f}x"
                                           for ours in times if not ours.startswith("torch_")))
       continue
-    bench = compile_step(config, donate=not args.no_donate)
-    call, flops = step_call(bench), bench["flops"]
+    benches = [compile_step(config, donate=not args.no_donate) for _ in range(args.copies)]
+    bench, flops = benches[0], benches[0]["flops"]
+    first = step_call(bench)
+    call, per_copy = copies_call([first] + [step_call(b) for b in benches[1:]])
     print(f"  compile: {bench['compile_s']:.1f} s; XLA cost analysis: {flops / 1e9:.1f} GFLOP "
           f"per step ({bench['executed_flops'] / 1e9:.1f} as executed, padding taps included)",
           flush=True)
@@ -339,7 +361,7 @@ def main():
     ours = {"jax": call}
     if args.gemm_floor:  # in the same rounds as the step, so that both see the same machine
       ours["gemms"], floor_info = gemms.floor_call(bench["compiled"].as_text())
-    timed = ("gemms",)  # the floor's call returns its own sum
+    timed = ("jax", "gemms")  # each returns its own seconds: the compiles' mean, the GEMMs' sum
     rounds = (torch_comparison(args, mode, ours, timed) if with_torch
               else common.interleaved(ours, reps=1, rounds=args.steps, self_timed=timed,
                                       every_call=True))
@@ -350,6 +372,11 @@ def main():
     print(f"  {jnp.dtype(peak_dtype).name} jnp.dot peak: {common.gflops(peak)} (at {n}^3)")
     print(f"  ours: {step_s * 1e3:.1f} ms ({config.train.batch_size / step_s:.2f} images/s, "
           f"{common.gflops(flops / step_s)}, MFU {flops / step_s / peak:.1%} of the peak)")
+    if args.copies > 1:
+      medians = [statistics.median(ts) * 1e3 for ts in per_copy.values()]
+      print(f"  ours, each of its {args.copies} compiles: "
+            + ", ".join(f"{ms:.1f}" for ms in medians)
+            + f" ms ({max(medians) / min(medians) - 1:.1%} apart)")
     for name in ("torch_eager", "torch_compile"):
       if name in times:
         low, high = common.ratio_range(rounds[name], rounds["jax"])
@@ -358,11 +385,11 @@ def main():
     if args.gemm_floor:
       print_gemm_floor(floor_info, step_s, times["gemms"], times.get("torch_eager"))
     if args.profile:
-      rows = common.profile_ops(call, bench["compiled"].as_text(), reps=2, top=8)
+      rows = common.profile_ops(first, bench["compiled"].as_text(), reps=2, top=8)
       print("  profile (share of summed op time):")
       for name, ms, share in rows:
         print(f"    {share:6.1%} {ms:9.1f} ms  {name}")
-    del bench, call
+    del bench, benches, first, call
 
   if args.ablation:
     return

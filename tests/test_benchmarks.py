@@ -330,16 +330,17 @@ def test_torch_emau_is_our_hem_unit(mode, one_torch_thread):
 
 @pytest.mark.parametrize("flags,message", [
     (["--with_torch"], "--with_torch goes with --ablation"),
-    (["--copies", "3"], "--copies 3: a count of at least 1, and more than 1 only with --ablation"),
+    (["--copies", "0"], "--copies 0: a count of at least 1"),
     (["--ablation", "--copies", "0"], "--copies 0: a count of at least 1"),
+    (["--copies", "2", "--gemm_floor"], "--copies 2 --gemm_floor: the floor times one compile's"),
     (["--only", "col2im"], "--only goes with --ablation"),
     (["--ablation", "--only", "nonesuch"],
      "--only nonesuch: no --ablation entry's name contains it"),
     (["--ablation", "--gemm_floor"], "--gemm_floor: our step on a CPU, without --ablation")])
 def test_train_step_names_a_flag_that_needs_another(flags, message):
-  """--with_torch, --copies and --only belong to --ablation, and --gemm_floor does not go with
-  it; otherwise, or --copies under 1, or --only matching no entry, is a one-line usage error,
-  before any work."""
+  """--with_torch and --only belong to --ablation, and --gemm_floor goes with neither it nor
+  several copies; otherwise, or --copies under 1, or --only matching no entry, is a one-line
+  usage error, before any work."""
   proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2
@@ -408,6 +409,35 @@ def test_interleaved_records_a_self_timed_callables_own_seconds():
   out = common.interleaved({"own": lambda: next(values)}, reps=1, rounds=3, self_timed=("own",),
                            every_call=True)
   assert out == {"own": [1.0, 2.0, 3.0]}
+
+
+def test_copies_call_times_each_compile_once_and_returns_their_mean(monkeypatch):
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  clock = iter([0.0, 1.0, 1.0, 4.0, 10.0, 12.0, 12.0, 13.0])  # (start, end) of each call
+  monkeypatch.setattr(train_step.time, "perf_counter", lambda: next(clock))
+  ran = []
+  call, seconds = train_step.copies_call([lambda: ran.append("a"), lambda: ran.append("b")])
+  assert call() == 2.0 and call() == 1.5  # (1 + 3) / 2, then (2 + 1) / 2
+  assert ran == ["a", "b", "a", "b"] and seconds == {0: [1.0, 2.0], 1: [3.0, 1.0]}
+
+
+def test_train_step_copies_times_several_compiles_as_one():
+  """--copies 2 on the demo's model: the step compiled twice, each compile's median printed,
+  and the line of ours their per-round mean's median (between the two, up to the rounding)."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--copies", "2",
+                         "--config", "configs/demo.py", "--crop", "33", "--batch", "2",
+                         "--steps", "3", "--modes", "hemnet"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, check=True)
+  ours = float(re.search(r"^  ours: ([\d.]+) ms", proc.stdout, re.M).group(1))
+  line = re.search(r"^  ours, each of its 2 compiles: ([\d.]+), ([\d.]+) ms \(([\d.]+)% apart\)$",
+                   proc.stdout, re.M)
+  assert line, proc.stdout
+  a, b, apart = map(float, line.groups())
+  slow, fast = max(a, b), min(a, b)  # each printed to 0.05 ms, the share to 0.05 %
+  low, high = (slow - .05) / (fast + .05) - 1, (slow + .05) / (fast - .05) - 1
+  assert low - 5e-4 <= apart / 100 <= high + 5e-4
+  assert min(a, b) / 2 < ours < max(a, b) * 2  # a mean of the two, round by round
+  assert proc.stdout.strip().splitlines()[-1].startswith("summary: images_per_s=")
 
 
 def test_ratio_range_is_the_lowest_and_highest_round_by_round_ratio():
