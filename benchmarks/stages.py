@@ -150,8 +150,8 @@ def main():
   print(f"torch {torch.__version__}, {os.cpu_count()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}")
   print(f"\n== ResNet blocks {','.join(map(str, args.blocks))}, width {args.width}, deep stem "
-        f"{args.stem_width}, OS {OUTPUT_STRIDE}, multi-grid {MULTI_GRID}, crop {args.crop}, batch {args.batch}, "
-        f"float32, training mode, forward + backward", flush=True)
+        f"{args.stem_width}, OS {OUTPUT_STRIDE}, multi-grid {MULTI_GRID}, crop {args.crop}, "
+        f"batch {args.batch}, float32, training mode, forward + backward", flush=True)
   images = np.random.default_rng(0).standard_normal((args.batch, args.crop, args.crop, 3),
                                                     dtype=np.float32)
   ours = our_parts(args, images)

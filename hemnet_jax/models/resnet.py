@@ -70,7 +70,7 @@ def block_dilations(num_blocks, dilation, grid):
   return (first,) + tuple(dilation * g for g in grid[1:num_blocks])
 
 
-def stage_plan(stage_sizes, output_stride=8, multi_grid=(1, 2, 4)):
+def stage_plan(stage_sizes, output_stride, multi_grid):
   """[(stride, dilation of each block)] of stages 1-4, as ResNet builds them."""
   layout, grid = stage_layout(output_stride, multi_grid)
   return [(stride, block_dilations(num_blocks, dilation, grid if i == 3 else ()))
@@ -78,7 +78,7 @@ def stage_plan(stage_sizes, output_stride=8, multi_grid=(1, 2, 4)):
                                                                    ((1, 1),) + layout))]
 
 
-def stem(x, norm, kind="deep", width=64, stem_width=128, dtype=jnp.float32):
+def stem(x, norm, kind, width, stem_width, dtype=jnp.float32):
   """The stem and its max pool, as submodules (stem_*) of the compact module calling it."""
   if kind == "deep":
     w = stem_width
@@ -92,7 +92,7 @@ def stem(x, norm, kind="deep", width=64, stem_width=128, dtype=jnp.float32):
   return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
-def stage(x, index, stride, dilations, norm, width=64, dtype=jnp.float32):
+def stage(x, index, stride, dilations, norm, width, dtype=jnp.float32):
   """Stage index + 1's blocks (layer{index + 1}_*), as submodules of the compact module
   calling it."""
   for j, dilation in enumerate(dilations):
